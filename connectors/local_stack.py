@@ -1,0 +1,324 @@
+"""The local stack without Docker: one KRaft Kafka broker from Maven jars and one redis-server.
+
+``LocalStack.up()`` fetches what is missing (the broker's jars with Maven, redis-server with
+apt), starts both on 127.0.0.1, waits until they answer, and records their pids under the
+data directory. ``down()`` stops exactly the processes that a pid file names, after checking
+that the pid still belongs to this stack (its command line names this stack's directory).
+ClickHouse is embedded (chdb) and needs no process.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from streams.settings import REPO_ROOT, Settings
+
+KAFKA_POM = REPO_ROOT / "dev" / "kafka" / "pom.xml"
+KAFKA_LIB = REPO_ROOT / "dev" / "kafka" / "target" / "lib"
+LOG4J_CONFIG = REPO_ROOT / "dev" / "kafka" / "log4j2.yaml"
+
+
+class StackError(RuntimeError):
+    """A part of the local stack could not be installed, started or stopped."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """What ``status`` knows of one service."""
+
+    name: str
+    pid: int | None
+    address: str
+    running: bool
+    log: Path
+
+
+def kafka_jars_version() -> str:
+    """The Kafka version pinned in ``dev/kafka/pom.xml``."""
+    text = KAFKA_POM.read_text()
+    start = text.index("<kafka.version>") + len("<kafka.version>")
+    return text[start : text.index("</kafka.version>", start)]
+
+
+def fetch_kafka_jars(echo: Callable[[str], None] = print) -> Path:
+    """Fetch the pinned broker and its runtime dependencies with Maven (once)."""
+    version = kafka_jars_version()
+    if (KAFKA_LIB / f"kafka_2.13-{version}.jar").exists():
+        return KAFKA_LIB
+    if shutil.which("mvn") is None:
+        raise StackError("Maven (mvn) is needed to fetch the Kafka broker; install it (apt-get install maven)")
+    echo(f"fetching Apache Kafka {version} with Maven (first run only)…")
+    if KAFKA_LIB.exists():
+        shutil.rmtree(KAFKA_LIB)
+    result = subprocess.run(
+        ["mvn", "-B", "-q", "-f", str(KAFKA_POM), "dependency:copy-dependencies"],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise StackError(f"Maven could not fetch Kafka {version}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return KAFKA_LIB
+
+
+def redis_server_binary(echo: Callable[[str], None] = print) -> str:
+    """Path of redis-server, installed from apt when it is missing."""
+    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise StackError("redis-server is missing; install it (apt-get install redis-server) or set AGENTSTREAM_REDIS_URL")
+    echo("installing redis-server with apt (first run only)…")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            raise StackError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+    return shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _pid_alive(pid: int, marker: str) -> bool:
+    """True when ``pid`` runs and its command line names ``marker`` (guards against pid reuse)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z" and marker in cmdline
+
+
+class _Service:
+    """A server process that this stack starts, tracks by pid file and stops."""
+
+    name = ""
+
+    def __init__(self, home: Path, port: int) -> None:
+        self.home = home
+        self.port = port
+        self.pid_file = home / f"{self.name}.pid"
+        self.log_file = home / f"{self.name}.log"
+
+    @property
+    def marker(self) -> str:
+        return str(self.home)
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _pid_alive(pid, self.marker) else None
+
+    def command(self, echo: Callable[[str], None]) -> list[str]:
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, echo: Callable[[str], None], timeout: float) -> bool:
+        """Start unless already running; wait until ready. True when this call started it."""
+        if self.pid() is not None:
+            echo(f"{self.name}: already running (pid {self.pid()}) on 127.0.0.1:{self.port}")
+            return False
+        if _port_open(self.port):
+            raise StackError(f"{self.name}: port 127.0.0.1:{self.port} is taken by a process this stack did not start")
+        self.home.mkdir(parents=True, exist_ok=True)
+        cmd = self.command(echo)
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        echo(f"{self.name}: starting (pid {proc.pid}) on 127.0.0.1:{self.port}…")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                self.pid_file.unlink(missing_ok=True)
+                tail = self.log_file.read_text(errors="replace")[-3000:]
+                raise StackError(f"{self.name} exited with code {proc.returncode}; log {self.log_file}:\n{tail}")
+            if self.ready():
+                echo(f"{self.name}: ready")
+                return True
+            time.sleep(0.3)
+        self.stop(echo)
+        raise StackError(f"{self.name} did not become ready within {timeout:.0f}s; see {self.log_file}")
+
+    def stop(self, echo: Callable[[str], None], timeout: float = 30.0) -> bool:
+        """Stop the process named by the pid file (and only it). True when one was stopped."""
+        pid = self.pid()
+        self.pid_file.unlink(missing_ok=True)
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pid_alive(pid, self.marker):
+            time.sleep(0.2)
+        if _pid_alive(pid, self.marker):
+            os.kill(pid, signal.SIGKILL)
+        try:  # reap it when it is our own child (tests run up/down in one process)
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        echo(f"{self.name}: stopped (pid {pid})")
+        return True
+
+    def status(self) -> ServiceStatus:
+        pid = self.pid()
+        return ServiceStatus(self.name, pid, f"127.0.0.1:{self.port}", pid is not None, self.log_file)
+
+
+class KafkaService(_Service):
+    """One combined broker+controller in KRaft mode, transactions usable on a single node."""
+
+    name = "kafka"
+
+    def properties(self) -> str:
+        controller = self.port + 1
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@127.0.0.1:{controller}",
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{controller}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={self.home / 'data'}",
+                "num.partitions=1",
+                # Topics come from topology.yaml; a typo must fail, not create a topic.
+                "auto.create.topics.enable=false",
+                # A single node: internal topics (offsets, transactions, shares) get RF 1.
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=8",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=8",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "",
+            ]
+        )
+
+    def command(self, echo: Callable[[str], None]) -> list[str]:
+        lib = fetch_kafka_jars(echo)
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("java is needed to run the Kafka broker (OpenJDK 17 or newer)")
+        props = self.home / "server.properties"
+        props.write_text(self.properties())
+        classpath = f"{lib}/*"
+        if not (self.home / "data" / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            fmt = subprocess.run(
+                [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+                capture_output=True,
+                text=True,
+            )
+            if fmt.returncode != 0:
+                raise StackError(f"formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
+        return [
+            java,
+            "-Xms256m",
+            "-Xmx1g",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(props),
+        ]
+
+    def ready(self) -> bool:
+        if not _port_open(self.port):
+            return False
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.port}", "log_level": 0})
+        try:
+            metadata = admin.list_topics(timeout=2)
+        except Exception:
+            return False
+        return bool(metadata.brokers)
+
+
+class RedisService(_Service):
+    """redis-server with append-only persistence, bound to 127.0.0.1."""
+
+    name = "redis"
+
+    def command(self, echo: Callable[[str], None]) -> list[str]:
+        binary = redis_server_binary(echo)
+        data = self.home / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        return [
+            binary,
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", str(data),
+            "--appendonly", "yes",
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+
+    def ready(self) -> bool:
+        if not _port_open(self.port):
+            return False
+        import redis
+
+        try:
+            return bool(redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+
+class LocalStack:
+    """Kafka and Redis for one data directory, on the ports that the settings name."""
+
+    def __init__(self, settings: Settings) -> None:
+        home = Path(settings.data_dir).resolve() / "stack"
+        self.services: list[_Service] = [
+            KafkaService(home / "kafka", settings.kafka_port),
+            RedisService(home / "redis", settings.redis_port),
+        ]
+
+    def up(self, echo: Callable[[str], None] = print, timeout: float = 90.0) -> list[str]:
+        """Start what is not running yet; return the names of the services this call started."""
+        started = []
+        try:
+            for service in self.services:
+                if service.start(echo, timeout):
+                    started.append(service.name)
+        except Exception:
+            for service in self.services:
+                if service.name in started:
+                    service.stop(echo)
+            raise
+        return started
+
+    def down(self, echo: Callable[[str], None] = print) -> list[str]:
+        """Stop the services that ``up`` started (found by pid file); return their names."""
+        return [s.name for s in reversed(self.services) if s.stop(echo)]
+
+    def status(self) -> list[ServiceStatus]:
+        """The state of each service."""
+        return [s.status() for s in self.services]
+
+    def pids(self) -> list[int]:
+        """Pids of the running services of this stack."""
+        return [p for p in (s.pid() for s in self.services) if p is not None]

@@ -1,0 +1,42 @@
+"""Schema contracts of agentstream: Avro files for every command and event, plus a registry.
+
+>>> from schemas import default_registry
+>>> value, headers = default_registry().encode("StartAgent", {"agent_id": "a-1"})
+>>> default_registry().decode(value, headers)[0]
+'StartAgent'
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from .errors import SchemaDecodeError, SchemaError, SchemaLoadError, SchemaValidationError, UnknownSchema
+from .registry import (
+    SCHEMA_HEADER,
+    SCHEMA_ROOT,
+    VERSION_HEADER,
+    CompatibilityProblem,
+    SchemaRegistry,
+    SchemaVersion,
+)
+
+__all__ = [
+    "SCHEMA_HEADER",
+    "VERSION_HEADER",
+    "SCHEMA_ROOT",
+    "SchemaRegistry",
+    "SchemaVersion",
+    "CompatibilityProblem",
+    "SchemaError",
+    "UnknownSchema",
+    "SchemaValidationError",
+    "SchemaDecodeError",
+    "SchemaLoadError",
+    "default_registry",
+]
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> SchemaRegistry:
+    """The registry of the packaged schema files (SCHEMA_ROOT), loaded once per process."""
+    return SchemaRegistry.load(SCHEMA_ROOT)

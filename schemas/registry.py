@@ -1,0 +1,652 @@
+"""Schema registry: the Avro contracts of commands and events.
+
+Schemas live as one file per version, ``avro/<kind>s/<Name>.v<N>.avsc``. The registry
+loads them all at once, generates a pydantic model per schema version, validates,
+encodes (Avro schemaless binary + two Kafka headers naming schema and version),
+decodes (resolving the writer version to the latest reader version) and checks that
+every newer version can read data written with every older one.
+
+Message metadata (ids, tenant, versions, timestamps) travels in Kafka headers handled
+elsewhere; the records here hold only the domain payload.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import fastavro
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
+
+from .errors import SchemaDecodeError, SchemaLoadError, SchemaValidationError, UnknownSchema
+
+__all__ = [
+    "SCHEMA_HEADER",
+    "VERSION_HEADER",
+    "SCHEMA_ROOT",
+    "Kind",
+    "SchemaVersion",
+    "CompatibilityProblem",
+    "SchemaRegistry",
+]
+
+SCHEMA_HEADER = "agentstream.schema"
+"""Kafka header carrying the schema name (utf-8)."""
+VERSION_HEADER = "agentstream.schema_version"
+"""Kafka header carrying the writer schema version as a decimal string (utf-8)."""
+SCHEMA_ROOT: Path = Path(__file__).resolve().parent / "avro"
+"""Directory holding the ``commands/`` and ``events/`` .avsc files."""
+
+Kind = Literal["command", "event"]
+_KIND_BY_DIR: dict[str, Kind] = {"commands": "command", "events": "event"}
+_KIND_BY_NAMESPACE: dict[str, Kind] = {"agentstream.commands": "command", "agentstream.events": "event"}
+_FILENAME = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>[1-9][0-9]*)\.avsc$")
+
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+_NAMED = {"record", "error", "enum", "fixed"}
+# Avro schema resolution: writer type -> reader types it may be promoted to.
+_PROMOTIONS = {
+    "int": {"long", "float", "double"},
+    "long": {"float", "double"},
+    "float": {"double"},
+    "string": {"bytes"},
+    "bytes": {"string"},
+}
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    """One version of one schema, as loaded from ``path``.
+
+    ``schema`` is the fastavro-parsed schema (usable with fastavro readers/writers);
+    ``raw`` is the JSON exactly as written in the file.
+    """
+
+    name: str
+    version: int
+    kind: Kind
+    path: Path
+    schema: dict = field(repr=False, compare=False)
+    raw: dict = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class CompatibilityProblem:
+    """``reader_version`` of schema ``name`` cannot read data written with ``writer_version``."""
+
+    name: str
+    reader_version: int
+    writer_version: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.reader_version} cannot read v{self.writer_version}: {self.reason}"
+
+
+class SchemaRegistry:
+    """All schema versions found under one root directory, plus pydantic models for them.
+
+    Build it with :meth:`load`. Instances are read-only after loading (models are
+    generated lazily and cached).
+    """
+
+    def __init__(self, versions: Iterable[SchemaVersion]) -> None:
+        by_name: dict[str, list[SchemaVersion]] = {}
+        for sv in versions:
+            by_name.setdefault(sv.name, []).append(sv)
+        self._by_name = {n: sorted(vs, key=lambda s: s.version) for n, vs in sorted(by_name.items())}
+        self._models: dict[tuple[str, int], type[BaseModel]] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, root: Path = SCHEMA_ROOT) -> "SchemaRegistry":
+        """Parse every ``*.avsc`` under ``root`` with fastavro.
+
+        Raises :class:`SchemaLoadError` on unreadable or invalid JSON, an invalid Avro
+        schema, a filename not shaped ``<Name>.v<N>.avsc``, a record name or ``version``
+        attribute that disagrees with the filename, a kind that cannot be determined,
+        or a duplicate (name, version).
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise SchemaLoadError(root, "schema root is not a directory")
+        loaded: dict[tuple[str, int], SchemaVersion] = {}
+        kinds: dict[str, Kind] = {}
+        for path in sorted(root.rglob("*.avsc")):
+            sv = _load_file(path)
+            if (sv.name, sv.version) in loaded:
+                other = loaded[(sv.name, sv.version)].path
+                raise SchemaLoadError(path, f"duplicate {sv.name} v{sv.version} (also in {other})")
+            if kinds.setdefault(sv.name, sv.kind) != sv.kind:
+                raise SchemaLoadError(path, f"{sv.name} is both a command and an event")
+            loaded[(sv.name, sv.version)] = sv
+        return cls(loaded.values())
+
+    # ------------------------------------------------------------------ lookup
+    def names(self, kind: str | None = None) -> list[str]:
+        """Sorted schema names, optionally only those of ``kind`` ("command" or "event")."""
+        return [n for n, vs in self._by_name.items() if kind is None or vs[0].kind == kind]
+
+    def versions(self, name: str) -> list[SchemaVersion]:
+        """All versions of ``name``, ascending. Raises :class:`UnknownSchema` if there are none."""
+        try:
+            return list(self._by_name[name])
+        except KeyError:
+            raise UnknownSchema(name) from None
+
+    def get(self, name: str, version: int | None = None) -> SchemaVersion:
+        """Version ``version`` of ``name`` (``None`` = latest). Raises :class:`UnknownSchema`."""
+        vs = self.versions(name)
+        if version is None:
+            return vs[-1]
+        for sv in vs:
+            if sv.version == version:
+                return sv
+        raise UnknownSchema(name, version)
+
+    def latest_version(self, name: str) -> int:
+        """The highest version number of ``name``."""
+        return self.get(name).version
+
+    def kind(self, name: str) -> str:
+        """``"command"`` or ``"event"``. Raises :class:`UnknownSchema`."""
+        return self.get(name).kind
+
+    # ------------------------------------------------------------------ models
+    def model(self, name: str, version: int | None = None) -> type[BaseModel]:
+        """Pydantic model of ``name`` (latest version unless ``version`` is given), cached.
+
+        The model forbids extra fields; Avro types map to str/int/float/bool/bytes,
+        list/dict, ``Literal`` for enums, ``Optional`` for null unions and ``datetime``
+        for timestamp logical types; Avro defaults become field defaults and Avro
+        ``doc`` becomes the description. Scalars are strict (no "1" -> 1 coercion).
+        """
+        sv = self.get(name, version)
+        key = (sv.name, sv.version)
+        if key not in self._models:
+            self._models[key] = _build_model(sv)
+        return self._models[key]
+
+    def validate(self, name: str, data: Mapping[str, Any] | BaseModel, version: int | None = None) -> BaseModel:
+        """Validate ``data`` against ``name`` (latest version unless ``version``) and return a model instance.
+
+        Raises :class:`SchemaValidationError` listing every problem as ``"field: message"``,
+        or :class:`UnknownSchema`.
+        """
+        model = self.model(name, version)
+        if isinstance(data, model):
+            return data
+        if isinstance(data, BaseModel):
+            data = data.model_dump()
+        if not isinstance(data, Mapping):
+            raise SchemaValidationError(name, [f"<root>: expected a mapping or model, got {type(data).__name__}"])
+        try:
+            return model.model_validate(dict(data))
+        except ValidationError as exc:
+            raise SchemaValidationError(name, _problems(exc)) from None
+
+    # ------------------------------------------------------------------ wire format
+    def encode(
+        self, name: str, data: Mapping[str, Any] | BaseModel, version: int | None = None
+    ) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """Validate ``data`` and encode it as Avro schemaless binary with ``version`` (default latest).
+
+        Returns ``(value, headers)``; headers are ``[(SCHEMA_HEADER, name), (VERSION_HEADER, "N")]``
+        as utf-8 bytes. Raises :class:`SchemaValidationError` or :class:`UnknownSchema`.
+        """
+        sv = self.get(name, version)
+        instance = self.validate(name, data, sv.version)
+        buf = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(buf, sv.schema, instance.model_dump())
+        except Exception as exc:  # validated already; anything left is a value Avro cannot hold
+            raise SchemaValidationError(name, [f"<avro>: {exc}"]) from None
+        headers = [(SCHEMA_HEADER, sv.name.encode()), (VERSION_HEADER, str(sv.version).encode())]
+        return buf.getvalue(), headers
+
+    def decode(
+        self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes]
+    ) -> tuple[str, BaseModel]:
+        """Decode a message written with the schema version named in ``headers``, read as the latest version.
+
+        Returns ``(name, model instance of the latest version)``. Raises only
+        :class:`UnknownSchema` (missing, malformed or unknown schema/version header) or
+        :class:`SchemaDecodeError` (garbage bytes, trailing bytes, unresolvable data).
+        """
+        found = _header_values(headers)
+        raw_name = found.get(SCHEMA_HEADER)
+        if raw_name is None:
+            raise UnknownSchema(None, detail=f"message has no {SCHEMA_HEADER!r} header")
+        try:
+            name = raw_name.decode("utf-8")
+        except (UnicodeDecodeError, AttributeError):
+            raise UnknownSchema(None, detail=f"{SCHEMA_HEADER!r} header is not utf-8 text") from None
+        raw_version = found.get(VERSION_HEADER)
+        if raw_version is None:
+            raise UnknownSchema(name, detail=f"message has no {VERSION_HEADER!r} header")
+        try:
+            text = raw_version.decode("utf-8")
+            if not text.isdigit():
+                raise ValueError(text)
+            version = int(text)
+        except (UnicodeDecodeError, AttributeError, ValueError):
+            raise UnknownSchema(name, detail=f"{VERSION_HEADER!r} header is not a decimal version: {raw_version!r}") from None
+        writer = self.get(name, version)
+        reader = self.get(name)
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise SchemaDecodeError(name, version, f"value must be bytes, got {type(value).__name__}")
+        data = bytes(value)
+        buf = io.BytesIO(data)
+        try:
+            record = fastavro.schemaless_reader(buf, writer.schema, reader.schema)
+        except Exception as exc:
+            raise SchemaDecodeError(name, version, f"{type(exc).__name__}: {exc}") from None
+        if buf.tell() != len(data):
+            raise SchemaDecodeError(name, version, f"{len(data) - buf.tell()} trailing bytes after the record")
+        try:
+            return name, self.model(name).model_validate(record)
+        except ValidationError as exc:
+            raise SchemaDecodeError(name, version, "decoded record is invalid: " + "; ".join(_problems(exc))) from None
+        except Exception as exc:
+            raise SchemaDecodeError(name, version, f"{type(exc).__name__}: {exc}") from None
+
+    # ------------------------------------------------------------------ compatibility
+    def check(self) -> list[CompatibilityProblem]:
+        """Check backward compatibility: every newer version reads data of every older version.
+
+        For each pair (older writer, newer reader) it applies the Avro schema-resolution
+        rules field by field (a reader field missing from the writer needs a default,
+        type changes must be promotions, enum symbols must exist, ...) and also encodes
+        generated sample records with the writer and reads them with the reader through
+        fastavro, validating the result with the reader's model. Empty list = compatible.
+        """
+        problems: list[CompatibilityProblem] = []
+        for name, vs in self._by_name.items():
+            for i, writer in enumerate(vs):
+                for reader in vs[i + 1 :]:
+                    reasons = _static_problems(writer, reader) + self._dynamic_problems(writer, reader)
+                    seen: set[str] = set()
+                    for reason in reasons:
+                        if reason not in seen:
+                            seen.add(reason)
+                            problems.append(CompatibilityProblem(name, reader.version, writer.version, reason))
+        return problems
+
+    def _dynamic_problems(self, writer: SchemaVersion, reader: SchemaVersion) -> list[str]:
+        problems: list[str] = []
+        names = _named_types(writer.raw, _namespace(writer.raw))
+        for prefer_null in (False, True):
+            sample = _sample(writer.raw, names, _namespace(writer.raw), prefer_null, set())
+            try:
+                buf = io.BytesIO()
+                fastavro.schemaless_writer(buf, writer.schema, sample)
+                buf.seek(0)
+                record = fastavro.schemaless_reader(buf, writer.schema, reader.schema)
+            except Exception as exc:
+                problems.append(f"sample written with v{writer.version} is unreadable: {type(exc).__name__}: {exc}")
+                continue
+            try:
+                self.model(reader.name, reader.version).model_validate(record)
+            except ValidationError as exc:
+                problems.append("sample read back is invalid: " + "; ".join(_problems(exc)))
+        return problems
+
+
+# ====================================================================== loading helpers
+def _load_file(path: Path) -> SchemaVersion:
+    m = _FILENAME.match(path.name)
+    if not m:
+        raise SchemaLoadError(path, "filename must be <Name>.v<N>.avsc")
+    fname, fversion = m["name"], int(m["version"])
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SchemaLoadError(path, f"not readable JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("type") != "record":
+        raise SchemaLoadError(path, "top level must be an Avro record")
+    if raw.get("name") != fname:
+        raise SchemaLoadError(path, f"record name {raw.get('name')!r} does not match filename name {fname!r}")
+    version = raw.get("version")
+    if type(version) is not int or version != fversion:
+        raise SchemaLoadError(path, f"version attribute {version!r} does not match filename version {fversion}")
+    kind = _KIND_BY_DIR.get(path.parent.name) or _KIND_BY_NAMESPACE.get(str(raw.get("namespace", "")))
+    if kind is None:
+        raise SchemaLoadError(path, "cannot tell command from event: put it under commands/ or events/")
+    try:
+        parsed = fastavro.parse_schema(raw, named_schemas={})
+    except Exception as exc:
+        raise SchemaLoadError(path, f"invalid Avro schema: {exc}") from None
+    return SchemaVersion(name=fname, version=fversion, kind=kind, path=path, schema=parsed, raw=raw)
+
+
+def _namespace(schema: dict, enclosing: str = "") -> str:
+    name = schema.get("name", "")
+    if "." in name:
+        return name.rsplit(".", 1)[0]
+    return schema.get("namespace", enclosing) or ""
+
+
+def _fullname(name: str, namespace: str) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _named_types(schema: Any, namespace: str, out: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Collect every named type (record/enum/fixed) of a raw schema by full name."""
+    out = {} if out is None else out
+    if isinstance(schema, list):
+        for branch in schema:
+            _named_types(branch, namespace, out)
+    elif isinstance(schema, dict):
+        t = schema.get("type")
+        if t in _NAMED:
+            ns = _namespace(schema, namespace)
+            out[_fullname(schema["name"], ns)] = {**schema, "__ns__": ns}
+            for f in schema.get("fields", []) if t in ("record", "error") else []:
+                _named_types(f["type"], ns, out)
+        elif t == "array":
+            _named_types(schema["items"], namespace, out)
+        elif t == "map":
+            _named_types(schema["values"], namespace, out)
+        elif isinstance(t, (dict, list)):
+            _named_types(t, namespace, out)
+    return out
+
+
+def _resolve(schema: Any, names: dict[str, dict], namespace: str) -> tuple[Any, str]:
+    """Follow named-type references and ``{"type": <primitive>}`` wrappers; return (schema, namespace)."""
+    while True:
+        if isinstance(schema, str) and schema not in _PRIMITIVES:
+            target = names.get(_fullname(schema, namespace)) or names.get(schema)
+            if target is None:
+                return schema, namespace
+            schema, namespace = target, target["__ns__"]
+        elif isinstance(schema, dict) and isinstance(schema.get("type"), (dict, list)) and "logicalType" not in schema:
+            schema = schema["type"]
+        elif isinstance(schema, dict) and schema.get("type") in _NAMED:
+            return schema, _namespace(schema, namespace)
+        else:
+            return schema, namespace
+
+
+def _type_name(schema: Any) -> str:
+    if isinstance(schema, str):
+        return schema
+    if isinstance(schema, list):
+        return "union"
+    t = schema.get("type")
+    return t if isinstance(t, str) else _type_name(t)
+
+
+def _describe(schema: Any) -> str:
+    if isinstance(schema, dict) and schema.get("type") in _NAMED:
+        return f"{schema['type']} {schema.get('name')}"
+    return _type_name(schema)
+
+
+# ====================================================================== model generation
+def _build_model(sv: SchemaVersion) -> type[BaseModel]:
+    namespace = _namespace(sv.raw)
+    names = _named_types(sv.raw, namespace)
+    return _record_model(sv.raw, names, namespace, {})
+
+
+def _record_model(schema: dict, names: dict[str, dict], namespace: str, built: dict[str, type[BaseModel]]) -> type[BaseModel]:
+    ns = _namespace(schema, namespace)
+    full = _fullname(schema["name"], ns)
+    if full in built:
+        return built[full]
+    fields: dict[str, Any] = {}
+    for f in schema.get("fields", []):
+        annotation = _annotation(f["type"], names, ns, built)
+        kwargs: dict[str, Any] = {"description": f.get("doc")}
+        if "default" in f:
+            kwargs["default"] = _python_default(f["type"], f["default"], names, ns)
+        fields[f["name"]] = (annotation, Field(**kwargs))
+    model = create_model(  # type: ignore[call-overload]
+        schema["name"],
+        __config__=ConfigDict(extra="forbid", frozen=False, title=schema["name"]),
+        __doc__=schema.get("doc"),
+        __module__=__name__,
+        **fields,
+    )
+    built[full] = model
+    return model
+
+
+def _annotation(schema: Any, names: dict[str, dict], namespace: str, built: dict[str, type[BaseModel]]) -> Any:
+    schema, namespace = _resolve(schema, names, namespace)
+    if isinstance(schema, list):
+        branches = [b for b in schema if _resolve(b, names, namespace)[0] != "null"]
+        inner = [_annotation(b, names, namespace, built) for b in branches]
+        ann: Any = inner[0] if len(inner) == 1 else Union[tuple(inner)] if inner else type(None)
+        return Optional[ann] if len(branches) < len(schema) else ann
+    if isinstance(schema, str):
+        return _primitive(schema)
+    t = schema.get("type")
+    logical = schema.get("logicalType")
+    if logical in ("timestamp-millis", "timestamp-micros", "local-timestamp-millis", "local-timestamp-micros"):
+        return datetime
+    if logical == "date":
+        return date
+    if logical == "decimal":
+        return Decimal
+    if t in ("record", "error"):
+        return _record_model(schema, names, namespace, built)
+    if t == "enum":
+        return Literal[tuple(schema["symbols"])]
+    if t == "fixed":
+        return Annotated[bytes, Strict(), Field(min_length=schema["size"], max_length=schema["size"])]
+    if t == "array":
+        return list[_annotation(schema["items"], names, namespace, built)]  # type: ignore[misc]
+    if t == "map":
+        return dict[str, _annotation(schema["values"], names, namespace, built)]  # type: ignore[misc]
+    return _primitive(t)
+
+
+def _primitive(t: str) -> Any:
+    return {
+        "null": type(None),
+        "boolean": Annotated[bool, Strict()],
+        "int": Annotated[int, Strict(), Field(ge=_INT32[0], le=_INT32[1])],
+        "long": Annotated[int, Strict(), Field(ge=_INT64[0], le=_INT64[1])],
+        "float": Annotated[float, Strict()],
+        "double": Annotated[float, Strict()],
+        "bytes": Annotated[bytes, Strict()],
+        "string": Annotated[str, Strict()],
+    }.get(t, Any)
+
+
+def _python_default(schema: Any, default: Any, names: dict[str, dict], namespace: str) -> Any:
+    """Turn an Avro JSON default into the Python value the model holds."""
+    schema, namespace = _resolve(schema, names, namespace)
+    if isinstance(schema, list):  # union default belongs to the first branch
+        return _python_default(schema[0], default, names, namespace) if schema else default
+    if isinstance(schema, dict):
+        logical = schema.get("logicalType")
+        if logical == "timestamp-millis" and isinstance(default, int):
+            return datetime.fromtimestamp(default / 1000, tz=timezone.utc)
+        if logical == "timestamp-micros" and isinstance(default, int):
+            return datetime.fromtimestamp(default / 1_000_000, tz=timezone.utc)
+        if schema.get("type") in ("bytes", "fixed") and isinstance(default, str):
+            return default.encode("latin-1")
+    elif schema == "bytes" and isinstance(default, str):
+        return default.encode("latin-1")
+    return default
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    """Turn pydantic errors into ``"field: message"`` strings."""
+    expected = {
+        "string_type": "string", "int_type": "int", "float_type": "number", "bool_type": "boolean",
+        "bytes_type": "bytes", "list_type": "array", "dict_type": "map", "datetime_type": "timestamp",
+        "date_type": "date", "decimal_type": "decimal", "model_type": "record",
+    }
+    out = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "<root>"
+        kind = err["type"]
+        if kind == "missing":
+            msg = "field required"
+        elif kind == "extra_forbidden":
+            msg = "unknown field"
+        elif kind in expected:
+            msg = f"expected {expected[kind]}, got {type(err.get('input')).__name__}"
+        else:
+            msg = err["msg"][:1].lower() + err["msg"][1:]
+        out.append(f"{where}: {msg}")
+    return out
+
+
+def _header_values(headers: Any) -> dict[str, Any]:
+    """Normalise Kafka headers (list of pairs or mapping; str or bytes keys) to ``{str: value}``; last wins."""
+    items: Iterable[Any]
+    if headers is None:
+        return {}
+    if isinstance(headers, Mapping):
+        items = headers.items()
+    else:
+        try:
+            items = list(headers)
+        except TypeError:
+            return {}
+    out: dict[str, Any] = {}
+    for item in items:
+        try:
+            key, val = item
+        except (TypeError, ValueError):
+            continue
+        if isinstance(key, (bytes, bytearray)):
+            try:
+                key = bytes(key).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+        if isinstance(val, str):
+            val = val.encode("utf-8")
+        elif isinstance(val, (bytearray, memoryview)):
+            val = bytes(val)
+        if isinstance(key, str):
+            out[key] = val
+    return out
+
+
+# ====================================================================== compatibility helpers
+def _static_problems(writer: SchemaVersion, reader: SchemaVersion) -> list[str]:
+    w_ns, r_ns = _namespace(writer.raw), _namespace(reader.raw)
+    w_names = _named_types(writer.raw, w_ns)
+    r_names = _named_types(reader.raw, r_ns)
+    problems: list[str] = []
+    _compare(writer.raw, w_names, w_ns, reader.raw, r_names, r_ns, "", problems, set())
+    return problems
+
+
+def _matches(w: Any, w_names: dict, w_ns: str, r: Any, r_names: dict, r_ns: str) -> bool:
+    found: list[str] = []
+    _compare(w, w_names, w_ns, r, r_names, r_ns, "", found, set())
+    return not found
+
+
+def _compare(
+    w: Any, w_names: dict, w_ns: str, r: Any, r_names: dict, r_ns: str,
+    path: str, problems: list[str], seen: set[tuple[str, str]],
+) -> None:
+    """Append to ``problems`` every way data of writer type ``w`` cannot be read as reader type ``r``."""
+    w, w_ns = _resolve(w, w_names, w_ns)
+    r, r_ns = _resolve(r, r_names, r_ns)
+    at = path or "<record>"
+    if isinstance(w, list):  # every writer branch must resolve
+        for branch in w:
+            if isinstance(r, list):
+                if not any(_matches(branch, w_names, w_ns, rb, r_names, r_ns) for rb in r):
+                    problems.append(f"{at}: writer union branch {_describe(_resolve(branch, w_names, w_ns)[0])} not in reader union")
+            else:
+                _compare(branch, w_names, w_ns, r, r_names, r_ns, path, problems, seen)
+        return
+    if isinstance(r, list):
+        if not any(_matches(w, w_names, w_ns, rb, r_names, r_ns) for rb in r):
+            problems.append(f"{at}: writer type {_describe(w)} matches no branch of the reader union")
+        return
+    wt, rt = _type_name(w), _type_name(r)
+    if wt != rt:
+        if rt not in _PROMOTIONS.get(wt, set()):
+            problems.append(f"{at}: type changed from {_describe(w)} to {_describe(r)} (not a promotion)")
+        return
+    if wt in ("record", "error"):
+        w_full, r_full = _fullname(w["name"], w_ns), _fullname(r["name"], r_ns)
+        if (w_full, r_full) in seen:
+            return
+        seen = seen | {(w_full, r_full)}
+        if w["name"].rsplit(".", 1)[-1] != r["name"].rsplit(".", 1)[-1] and w_full not in r.get("aliases", []):
+            problems.append(f"{at}: record name changed from {w['name']} to {r['name']}")
+            return
+        w_fields = {f["name"]: f for f in w.get("fields", [])}
+        for rf in r.get("fields", []):
+            sub = f"{path}.{rf['name']}" if path else rf["name"]
+            wf = w_fields.get(rf["name"]) or next(
+                (w_fields[a] for a in rf.get("aliases", []) if a in w_fields), None
+            )
+            if wf is None:
+                if "default" not in rf:
+                    problems.append(f"{sub}: reader field missing from writer and has no default")
+            else:
+                _compare(wf["type"], w_names, w_ns, rf["type"], r_names, r_ns, sub, problems, seen)
+    elif wt == "enum":
+        if w["name"].rsplit(".", 1)[-1] != r["name"].rsplit(".", 1)[-1]:
+            problems.append(f"{at}: enum name changed from {w['name']} to {r['name']}")
+        missing = [s for s in w["symbols"] if s not in r["symbols"]]
+        if missing and "default" not in r:
+            problems.append(f"{at}: enum symbols {missing} removed and the reader enum has no default")
+    elif wt == "fixed":
+        if w["name"].rsplit(".", 1)[-1] != r["name"].rsplit(".", 1)[-1] or w["size"] != r["size"]:
+            problems.append(f"{at}: fixed {w['name']}[{w['size']}] is not {r['name']}[{r['size']}]")
+    elif wt == "array":
+        _compare(w["items"], w_names, w_ns, r["items"], r_names, r_ns, f"{path}[]", problems, seen)
+    elif wt == "map":
+        _compare(w["values"], w_names, w_ns, r["values"], r_names, r_ns, f"{path}{{}}", problems, seen)
+
+
+def _sample(schema: Any, names: dict[str, dict], namespace: str, prefer_null: bool, stack: set[str]) -> Any:
+    """A deterministic record of writer ``schema`` exercising every field (unions: first non-null branch)."""
+    schema, namespace = _resolve(schema, names, namespace)
+    if isinstance(schema, list):
+        branches = [_resolve(b, names, namespace)[0] for b in schema]
+        if prefer_null and "null" in branches:
+            return None
+        pick = next((b for b in schema if _resolve(b, names, namespace)[0] != "null"), schema[0] if schema else "null")
+        return _sample(pick, names, namespace, prefer_null, stack)
+    if isinstance(schema, dict):
+        t = schema.get("type")
+        logical = schema.get("logicalType")
+        if logical == "decimal":
+            return Decimal(1).scaleb(-int(schema.get("scale", 0)))
+        if logical == "uuid":
+            return "00000000-0000-4000-8000-000000000000"
+        if t in ("record", "error"):
+            full = _fullname(schema["name"], namespace)
+            out = {}
+            for f in schema.get("fields", []):
+                if full in stack and "default" in f:
+                    continue  # break recursion through defaulted fields
+                out[f["name"]] = _sample(f["type"], names, namespace, prefer_null, stack | {full})
+            return out
+        if t == "enum":
+            return schema["symbols"][0]
+        if t == "fixed":
+            return b"\x01" * schema["size"]
+        if t == "array":
+            return [] if prefer_null else [_sample(schema["items"], names, namespace, prefer_null, stack)]
+        if t == "map":
+            return {} if prefer_null else {"k": _sample(schema["values"], names, namespace, prefer_null, stack)}
+        schema = t
+    return {
+        "null": None, "boolean": True, "int": 7, "long": 7, "float": 1.5, "double": 1.5,
+        "bytes": b"x", "string": "x",
+    }.get(schema)

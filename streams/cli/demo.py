@@ -1,0 +1,152 @@
+"""``agentstream demo``: the whole pipeline on embedded defaults, from nothing to a summary.
+
+Brings the local stack up, applies the topology, starts a worker, sends a realistic burst of
+commands for a few tenants (with a few bad ones on purpose), and prints what happened. It stops
+what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streams.cli.console import console, fail
+from streams.settings import Settings, get_settings
+
+AGENT_TYPES = ["llm", "retriever", "tool-runner", "planner"]
+REGIONS = ["eu-west-1", "us-east-1", "ap-south-1"]
+TENANTS = ["acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell"]
+
+
+@dataclass
+class Tally:
+    """Outcomes per tenant and rejection code."""
+
+    accepted: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)
+    events: Counter = field(default_factory=Counter)
+    dead_letters: int = 0
+
+
+def _plan(tenants: list[str], agents: int, seed: int = 7) -> list[list[tuple[str, str, dict, dict]]]:
+    """Phases of (command, tenant, payload, options); commands within a phase are independent."""
+    rng = random.Random(seed)
+    ids = {t: [f"{t}-agent-{i:03d}" for i in range(agents)] for t in tenants}
+    phases: list[list[tuple[str, str, dict, dict]]] = [
+        [("CreateTenant", t, {"name": t.title(), "region": rng.choice(REGIONS), "plan": rng.choice(["free", "pro", "enterprise"])}, {}) for t in tenants],
+        [("ConfigureTenant", t, {"settings": {"max_agents": str(agents * 2), "timezone": "UTC"}}, {}) for t in tenants],
+        [
+            ("CreateAgent", t, {"agent_id": a, "name": a.replace("-", " ").title(), "agent_type": rng.choice(AGENT_TYPES), "region": rng.choice(REGIONS), "capabilities": rng.sample(["search", "code", "sql", "vision", "chat"], 2)}, {})
+            for t in tenants
+            for a in ids[t]
+        ],
+        [("StartAgent", t, {"agent_id": a}, {}) for t in tenants for a in ids[t]],
+        [("ConfigureAgent", t, {"agent_id": a, "config": {"temperature": f"{rng.random():.2f}", "model": "small"}}, {}) for t in tenants for a in ids[t][::2]],
+        [("StopAgent", t, {"agent_id": a, "reason": "scale-down"}, {}) for t in tenants for a in ids[t][::5]],
+        # Bad on purpose: each must come back as a typed rejection and change nothing.
+        [
+            ("CreateAgent", tenants[0], {"agent_id": ids[tenants[0]][0], "name": "Dup", "agent_type": "llm"}, {}),  # already exists
+            ("StartAgent", tenants[0], {"agent_id": "no-such-agent"}, {}),  # NotFound
+            ("StopAgent", tenants[-1], {"agent_id": ids[tenants[-1]][0]}, {"expected_version": 1}),  # stale version
+            ("StopAgent", tenants[-1], {"agent_id": ids[tenants[-1]][0]}, {}),  # already stopped
+        ],
+    ]
+    return phases
+
+
+async def _run(settings: Settings, tenants: list[str], agents: int, ready_timeout: float) -> Tally:
+    from streams.client import CommandClient
+    from streams.messages import CommandAccepted
+
+    tally = Tally()
+    phases = _plan(tenants, agents)
+    total = sum(len(p) for p in phases) + 1
+    async with CommandClient(settings) as client:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("waiting for the worker to join the group", total=total)
+
+            def record(tenant: str, outcome: object) -> None:
+                if isinstance(outcome, CommandAccepted):
+                    tally.accepted[tenant] += 1
+                    tally.events.update(e.type for e in outcome.events)
+                else:
+                    tally.rejected[(tenant, outcome.code)] += 1  # type: ignore[attr-defined]
+                progress.advance(task)
+
+            first, *rest = phases[0]
+            record(first[1], await client.send(first[0], first[1], first[2], timeout=ready_timeout))
+            for phase in [rest, *phases[1:]]:
+                progress.update(task, description=f"sending {phase[0][0] if phase else ''}")
+                results = await asyncio.gather(*(client.send(kind, tenant, data, **opts) for kind, tenant, data, opts in phase))
+                for (_, tenant, _, _), outcome in zip(phase, results):
+                    record(tenant, outcome)
+            progress.update(task, description="sending a poison message")
+            poison = await client.send_raw(tenants[0], b"\xde\xad\xbe\xef", [("agentstream.schema", b"CreateAgent"), ("agentstream.schema_version", b"1")])
+            tally.dead_letters += 1
+            progress.update(task, description=f"done ({poison.code} for the poison message, kept in the dead-letter topic)")
+    return tally
+
+
+def _report(tally: Tally, tenants: list[str]) -> None:
+    table = Table("tenant", "accepted", "rejected (code: count)", title="command outcomes")
+    for tenant in tenants:
+        codes = ", ".join(f"{code}: {n}" for (t, code), n in sorted(tally.rejected.items()) if t == tenant)
+        table.add_row(tenant, str(tally.accepted[tenant]), codes or "-")
+    console.print(table)
+    events = Table("event type", "appended", title="events.platform (the event store)")
+    for kind, n in sorted(tally.events.items()):
+        events.add_row(kind, str(n))
+    console.print(events)
+    console.print(f"dead letters: {tally.dead_letters} (topic deadletter.commands, with the reason in headers)")
+
+
+def demo(
+    tenants: int = typer.Option(5, min=1, max=len(TENANTS), help="How many tenants."),
+    agents: int = typer.Option(20, min=1, help="Agents per tenant."),
+    keep: bool = typer.Option(False, "--keep", help="Leave the stack running afterwards."),
+    ready_timeout: float = typer.Option(120.0, help="Seconds to wait for the worker to answer the first command."),
+) -> None:
+    """Run the whole pipeline locally: stack up, topology apply, a worker, a burst of commands, a summary."""
+    from connectors.kafka_admin import AdminError, apply
+    from connectors.local_stack import LocalStack, StackError
+    from streams.supervisor import WorkerProcess
+    from streams.topology import TopologyError, load_topology
+
+    settings = get_settings()
+    stack = LocalStack(settings)
+    console.rule("[bold]1. local stack")
+    try:
+        started = stack.up(echo=console.print)
+    except StackError as exc:
+        fail(str(exc))
+    worker = None
+    try:
+        console.rule("[bold]2. topology")
+        try:
+            apply(load_topology(settings.topology_path), settings, echo=lambda line: console.print(f"  {line}"))
+        except (AdminError, TopologyError) as exc:
+            fail(str(exc))
+        console.print("topics match topology.yaml")
+        console.rule("[bold]3. worker")
+        worker = WorkerProcess(settings.data_dir / "logs" / "demo-worker.log").start()
+        console.print(f"worker pid {worker.pid}, log {worker.log_file}")
+        console.rule("[bold]4. commands")
+        names = TENANTS[:tenants]
+        try:
+            tally = asyncio.run(_run(settings, names, agents, ready_timeout))
+        except TimeoutError as exc:
+            fail(f"{exc}\n--- worker log ---\n{worker.log_tail()}")
+        console.rule("[bold]5. what happened")
+        _report(tally, names)
+    finally:
+        if worker is not None:
+            worker.stop()
+            console.print("worker stopped")
+        if started and not keep:
+            stack.down(echo=console.print)

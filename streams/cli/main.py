@@ -1,0 +1,92 @@
+"""The ``agentstream`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.table import Table
+
+from streams.cli.console import console, fail
+from streams.cli.demo import demo
+from streams.cli.dev_commands import dev
+from streams.cli.schema_commands import schemas_cli
+from streams.cli.topology_commands import topology_cli
+from streams.settings import get_settings
+
+cli = typer.Typer(
+    help="agentstream: the event backbone of a multi-tenant AI-agent platform (Kafka, Faust, Redis, ClickHouse).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+cli.add_typer(dev, name="dev")
+cli.add_typer(schemas_cli, name="schemas")
+cli.add_typer(topology_cli, name="topology")
+cli.command()(demo)
+
+
+@cli.command()
+def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """Print the effective settings (from AGENTSTREAM_* variables), secrets masked."""
+    values = get_settings().masked()
+    if as_json:
+        typer.echo(json.dumps(values, default=str, indent=2))
+        return
+    table = Table("setting", "value", "environment variable")
+    for name, value in values.items():
+        table.add_row(name, str(value), f"AGENTSTREAM_{name.upper()}")
+    console.print(table)
+
+
+@cli.command()
+def worker() -> None:
+    """Start a Faust worker (another worker process joins the same group and takes partitions)."""
+    from streams.worker import run
+
+    run()
+
+
+@cli.command()
+def send(
+    command_type: str = typer.Argument(..., help="Command schema name, e.g. CreateAgent."),
+    tenant: str = typer.Option(..., "--tenant", "-t", help="Tenant id (the message key)."),
+    data: str = typer.Option("{}", "--data", "-d", help="Command payload as JSON."),
+    command_id: str | None = typer.Option(None, "--id", help="Command id (default: a new one); a repeated id is answered with the first outcome."),
+    expected_version: int | None = typer.Option(None, "--expected-version", help="Reject unless the stream is at this version."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the result on the results topic."),
+    timeout: float = typer.Option(30.0, help="Seconds to wait for the result."),
+) -> None:
+    """Produce one command; with --wait print its outcome. Bad input is refused before anything is produced."""
+    from schemas import SchemaError
+    from streams.client import CommandTimeout, send_command
+    from streams.messages import CommandAccepted, CommandRejected
+
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        fail(f"--data is not valid JSON: {exc}", code=2)
+    if not isinstance(payload, dict):
+        fail("--data must be a JSON object", code=2)
+    try:
+        outcome = send_command(
+            get_settings(), command_type, tenant, payload, command_id=command_id, expected_version=expected_version, wait=wait, timeout=timeout
+        )
+    except SchemaError as exc:
+        fail(str(exc), code=2)
+    except ValueError as exc:  # envelope problems (tenant id, version) from pydantic
+        fail(str(exc), code=2)
+    except CommandTimeout as exc:
+        fail(str(exc), code=3)
+    if isinstance(outcome, str):
+        console.print(f"sent {command_type} [bold]{outcome}[/]")
+    elif isinstance(outcome, CommandAccepted):
+        events = ", ".join(f"{e.type}@v{e.version}" for e in outcome.events)
+        console.print(f"[green]accepted[/] {outcome.command_id}: {outcome.stream_id} -> v{outcome.new_version} ({events})")
+    elif isinstance(outcome, CommandRejected):
+        console.print(f"[red]rejected[/] {outcome.command_id}: {outcome.code}: {outcome.message}")
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

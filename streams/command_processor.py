@@ -1,0 +1,139 @@
+"""Turns one raw command message into an outcome: events to append, a state change, a result.
+
+No I/O: the Faust agent in ``streams.handlers`` gives it the message and a way to read the
+aggregate table, then writes what the outcome says (all inside one Kafka transaction).
+Every failure becomes a typed rejection (and, for malformed input, a dead letter); nothing
+here raises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Iterable, Mapping
+
+from schemas import SchemaDecodeError, SchemaError, SchemaRegistry, SchemaValidationError, UnknownSchema
+from streams.domain import Command, Rejection, RejectionCode, aggregate_for
+from streams.messages import (
+    CommandAccepted,
+    CommandMeta,
+    CommandRejected,
+    EnvelopeError,
+    EventMeta,
+    EventRef,
+    new_id,
+    utcnow,
+)
+
+Headers = Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None
+
+
+@dataclass(frozen=True)
+class AppendedEvent:
+    """An encoded event, ready for the events topic."""
+
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class Outcome:
+    """What handling one command message produced."""
+
+    result: CommandAccepted | CommandRejected | None = None
+    events: list[AppendedEvent] = field(default_factory=list)
+    state_key: str | None = None
+    new_state: dict[str, Any] | None = None
+    dead_letter: str | None = None  # the reason, when the input goes to the dead-letter topic
+    error: str | None = None
+
+
+def state_key(tenant_id: str, stream_id: str) -> str:
+    """Key of an aggregate in the aggregates table (tenant first: no tenant sees another's)."""
+    return f"{tenant_id}/{stream_id}"
+
+
+class CommandProcessor:
+    """Decides raw command messages against aggregate state loaded by the caller."""
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        max_bytes: int,
+        clock: Callable[[], datetime] = utcnow,
+        ids: Callable[[], str] = new_id,
+    ) -> None:
+        self.registry = registry
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.ids = ids
+
+    def process(self, key: bytes | None, value: bytes | None, headers: Headers, load_state: Callable[[str], dict | None]) -> Outcome:
+        """The outcome of one message; never raises."""
+        try:
+            meta = CommandMeta.from_headers(headers)
+        except EnvelopeError as exc:
+            return Outcome(dead_letter="bad-envelope", error=str(exc))
+        try:
+            return self._process(meta, key, value or b"", headers, load_state)
+        except Exception as exc:  # a bug in a decider must not stop the partition
+            return self._reject(meta, RejectionCode.HANDLER_FAILED, f"{type(exc).__name__}: {exc}", dead_letter="handler-error")
+
+    def _process(self, meta: CommandMeta, key: bytes | None, value: bytes, headers: Headers, load_state: Callable[[str], dict | None]) -> Outcome:
+        if len(value) > self.max_bytes:
+            return self._reject(meta, RejectionCode.VALIDATION_FAILED, f"payload of {len(value)} bytes exceeds the limit of {self.max_bytes}", "oversize")
+        if key is not None and key.decode(errors="replace") != meta.tenant_id:
+            return self._reject(meta, RejectionCode.VALIDATION_FAILED, f"message key '{key.decode(errors='replace')}' is not the tenant id '{meta.tenant_id}'", "key-mismatch")
+        try:
+            name, payload = self.registry.decode(value, headers)
+        except UnknownSchema as exc:
+            return self._reject(meta, RejectionCode.UNKNOWN_COMMAND, str(exc), "unknown-schema")
+        except (SchemaDecodeError, SchemaValidationError, SchemaError) as exc:
+            return self._reject(meta, RejectionCode.VALIDATION_FAILED, str(exc), "undecodable")
+        aggregate = aggregate_for(name) if self.registry.kind(name) == "command" else None
+        if aggregate is None:
+            return self._reject(meta, RejectionCode.UNKNOWN_COMMAND, f"'{name}' is not a command that any aggregate handles", "unknown-command")
+
+        command = Command(name, payload.model_dump(), meta.tenant_id)
+        stream_id = aggregate.stream_id(command)
+        skey = state_key(meta.tenant_id, stream_id)
+        stored = load_state(skey) or {"version": 0, "state": None}
+        version = stored["version"]
+        if meta.expected_version is not None and meta.expected_version != version:
+            return self._reject(
+                meta,
+                RejectionCode.WRONG_EXPECTED_VERSION,
+                f"stream '{stream_id}' is at version {version}, the command expected {meta.expected_version}",
+                current_version=version,
+            )
+        state = aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
+        decision = aggregate.decide(command, state)
+        if isinstance(decision, Rejection):
+            return self._reject(meta, decision.code, decision.message, current_version=version)
+
+        now = self.clock()
+        appended, refs = [], []
+        for event in decision:
+            version += 1
+            state = aggregate.evolve(state, event)
+            body, schema_headers = self.registry.encode(event.type, event.data)
+            event_meta = EventMeta(
+                event_id=self.ids(), tenant_id=meta.tenant_id, stream_id=stream_id, version=version, occurred_at=now, command_id=meta.command_id
+            )
+            appended.append(AppendedEvent(body, schema_headers + event_meta.to_headers()))
+            refs.append(EventRef(type=event.type, version=version, event_id=event_meta.event_id))
+        return Outcome(
+            result=CommandAccepted(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs),
+            events=appended,
+            state_key=skey,
+            new_state={"version": version, "state": aggregate.dump(state)},
+        )
+
+    @staticmethod
+    def _reject(
+        meta: CommandMeta, code: RejectionCode, message: str, dead_letter: str | None = None, current_version: int | None = None
+    ) -> Outcome:
+        result = CommandRejected(
+            command_id=meta.command_id, tenant_id=meta.tenant_id, code=code.value, message=message, current_version=current_version
+        )
+        return Outcome(result=result, dead_letter=dead_letter, error=message if dead_letter else None)

@@ -1,0 +1,74 @@
+"""Shared vocabulary of the pure core: commands, events, rejections, and the decider shape.
+
+Nothing here knows Kafka. A decider is ``decide(command, state) -> list[Event] | Rejection``
+plus ``evolve(state, event) -> state``; the shell (``streams.handlers``) feeds it state from a
+table and appends what it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Callable, Generic, Mapping, TypeVar
+
+S = TypeVar("S")
+
+
+class RejectionCode(StrEnum):
+    """Why a command was refused; carried on the results topic."""
+
+    VALIDATION_FAILED = "ValidationFailed"
+    UNKNOWN_COMMAND = "UnknownCommand"
+    WRONG_EXPECTED_VERSION = "WrongExpectedVersion"
+    INVARIANT_VIOLATED = "InvariantViolated"
+    NOT_FOUND = "NotFound"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    UNAUTHORIZED = "Unauthorized"
+    HANDLER_FAILED = "HandlerFailed"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A refused command: a code from RejectionCode and a sentence for a person."""
+
+    code: RejectionCode
+    message: str
+
+
+@dataclass(frozen=True)
+class Command:
+    """A decoded command: its schema name and its payload fields."""
+
+    type: str
+    data: Mapping[str, Any]
+    tenant_id: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event to append (or read back): its schema name and payload fields."""
+
+    type: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Aggregate(Generic[S]):
+    """One aggregate type: which commands it owns and how it decides and evolves."""
+
+    name: str
+    commands: frozenset[str]
+    stream_id: Callable[[Command], str]
+    initial: Callable[[], S]
+    decide: Callable[[Command, S], "list[Event] | Rejection"]
+    evolve: Callable[[S, Event], S]
+    dump: Callable[[S], dict] = field(default=lambda s: dict(s))  # type: ignore[arg-type]
+    load: Callable[[dict], S] = field(default=lambda d: d)  # type: ignore[assignment,return-value]
+
+
+def replay(aggregate: Aggregate[S], events: list[Event], state: S | None = None) -> S:
+    """Fold events into state with the aggregate's ``evolve``, from ``state`` or the initial one."""
+    current = aggregate.initial() if state is None else state
+    for event in events:
+        current = aggregate.evolve(current, event)
+    return current

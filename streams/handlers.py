@@ -1,0 +1,73 @@
+"""The command handler agent: the thin Faust shell around ``CommandProcessor``.
+
+For each command it reads the aggregate from the ``aggregates`` table, lets the pure core
+decide, then, inside the same Kafka transaction (exactly once), appends the events, updates
+the table, answers on the results topic and, for malformed input, keeps the original bytes
+on the dead-letter topic with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import faust
+
+from schemas import default_registry
+from streams.app import agent_tables, app, settings, topology
+from streams.command_processor import CommandProcessor, Outcome
+from streams.messages import ERROR_HEADER, REASON_HEADER
+
+log = logging.getLogger(__name__)
+
+COMMANDS = "commands.platform"
+EVENTS = "events.platform"
+RESULTS = "results.commands"
+DEADLETTER = "deadletter.commands"
+
+
+def _topic(name: str) -> faust.TopicT:
+    spec = topology.topic(name)
+    return app.topic(name, partitions=spec.partitions, key_serializer="raw", value_serializer="raw")
+
+
+commands_topic = _topic(COMMANDS)
+events_topic = _topic(EVENTS)
+results_topic = _topic(RESULTS)
+deadletter_topic = _topic(DEADLETTER)
+
+aggregates = app.Table(
+    "aggregates",
+    default=None,
+    partitions=topology.table_partitions("aggregates"),
+    schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+    help="Aggregate state and version per tenant/stream.",
+)
+
+processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes)
+
+
+async def _write(outcome: Outcome, key: bytes | None, value: bytes | None, headers: list) -> None:
+    tenant_key = outcome.result.tenant_id.encode() if outcome.result else key
+    if outcome.state_key is not None:
+        aggregates[outcome.state_key.encode()] = outcome.new_state
+    for event in outcome.events:
+        await events_topic.send(key=tenant_key, value=event.value, headers=event.headers)
+    if outcome.dead_letter is not None:
+        reasons = [(REASON_HEADER, outcome.dead_letter.encode()), (ERROR_HEADER, (outcome.error or "").encode()[:4000])]
+        await deadletter_topic.send(key=key, value=value, headers=list(headers) + reasons)
+        log.warning("command dead-lettered (%s): %s", outcome.dead_letter, outcome.error)
+    if outcome.result is not None:
+        await results_topic.send(key=outcome.result.command_id.encode(), value=outcome.result.model_dump_json().encode())
+
+
+agent_tables["command_handler"] = [aggregates.name]
+
+
+@app.agent(commands_topic, name="command_handler")
+async def command_handler(stream: faust.StreamT) -> None:
+    """Decide every command of the partitions this worker owns; never stop on bad input."""
+    async for event in stream.events():
+        message = event.message
+        headers = list(message.headers or [])
+        outcome = processor.process(message.key, message.value, headers, lambda k: aggregates.get(k.encode()))
+        await _write(outcome, message.key, message.value, headers)

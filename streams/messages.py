@@ -1,0 +1,121 @@
+"""What travels beside the Avro payloads: envelope metadata in headers, and command results.
+
+Commands and events carry their payload as Avro (see ``schemas``) and their metadata as Kafka
+headers named ``agentstream.<field>`` (the binary mode of CloudEvents, in spirit). Results and
+dead letters are JSON so that any consumer can read them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Iterable, Literal, Mapping, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+HEADER_PREFIX = "agentstream."
+REASON_HEADER = "agentstream.dlq_reason"
+ERROR_HEADER = "agentstream.dlq_error"
+
+M = TypeVar("M", bound="HeaderModel")
+
+
+class EnvelopeError(ValueError):
+    """Headers that do not form a valid envelope (missing id, bad version...)."""
+
+
+class HeaderModel(BaseModel):
+    """A flat model that round-trips through Kafka headers ``agentstream.<field>``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    def to_headers(self) -> list[tuple[str, bytes]]:
+        """One header per set field, values as UTF-8 text."""
+        out = []
+        for name, value in self.model_dump(mode="json", exclude_none=True).items():
+            out.append((HEADER_PREFIX + name, str(value).encode()))
+        return out
+
+    @classmethod
+    def from_headers(cls: type[M], headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None) -> M:
+        """Parse the envelope out of message headers; EnvelopeError names what is wrong."""
+        items = headers.items() if isinstance(headers, Mapping) else (headers or [])
+        fields: dict[str, Any] = {}
+        for key, value in items:
+            if key.startswith(HEADER_PREFIX) and value is not None:
+                fields[key[len(HEADER_PREFIX) :]] = value.decode("utf-8", errors="replace")
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise EnvelopeError(f"bad {cls.__name__} headers: {problems}") from exc
+
+
+def new_id() -> str:
+    """A fresh unique id for a command or an event."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class CommandMeta(HeaderModel):
+    """Who sends which command for which tenant, and what version they expect."""
+
+    command_id: str = Field(min_length=1, max_length=128)
+    tenant_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    expected_version: int | None = Field(default=None, ge=0)
+    issued_at: datetime = Field(default_factory=utcnow)
+    principal: str | None = None
+
+
+class EventMeta(HeaderModel):
+    """Where an event belongs: tenant, stream, version, and the command that caused it."""
+
+    event_id: str
+    tenant_id: str
+    stream_id: str
+    version: int = Field(ge=1)
+    occurred_at: datetime
+    command_id: str
+
+
+class EventRef(BaseModel):
+    """An appended event, as reported in CommandAccepted."""
+
+    type: str
+    version: int
+    event_id: str
+
+
+class CommandAccepted(BaseModel):
+    """The command was decided and its events appended at ``new_version``."""
+
+    status: Literal["accepted"] = "accepted"
+    command_id: str
+    tenant_id: str
+    stream_id: str
+    new_version: int
+    events: list[EventRef]
+
+
+class CommandRejected(BaseModel):
+    """The command was refused; nothing was appended."""
+
+    status: Literal["rejected"] = "rejected"
+    command_id: str
+    tenant_id: str
+    code: str
+    message: str
+    current_version: int | None = None
+
+
+CommandResult = Annotated[Union[CommandAccepted, CommandRejected], Field(discriminator="status")]
+_RESULT = TypeAdapter(CommandResult)
+
+
+def parse_result(raw: bytes) -> CommandAccepted | CommandRejected:
+    """Read a result from the results topic."""
+    return _RESULT.validate_json(raw)

@@ -1,0 +1,97 @@
+"""The one settings object of agentstream, read from ``AGENTSTREAM_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Repository root (the directory holding ``topology.yaml`` and ``dev/``).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Effective configuration of a worker, the CLI and the tests.
+
+    Every field is read from the environment as ``AGENTSTREAM_<FIELD>`` (case-insensitive).
+    Defaults describe the local stack that ``agentstream dev up`` starts: one KRaft broker and
+    one redis-server on 127.0.0.1, and embedded ClickHouse (chdb) under ``data_dir``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="AGENTSTREAM_", extra="ignore")
+
+    app_id: str = "agentstream"
+    data_dir: Path = Field(default=REPO_ROOT / ".agentstream")
+    topology_path: Path = Field(default=REPO_ROOT / "topology.yaml")
+
+    # Kafka
+    kafka_bootstrap_servers: str = "127.0.0.1:19092"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    #: Short enough that a group (re)join takes seconds, not a minute.
+    kafka_session_timeout_s: float = 10.0
+    #: Replication factor used when the CLI creates topics (1 on the single local broker).
+    kafka_replication_factor: int = 1
+
+    # Stores
+    clickhouse_url: str = ""  # empty: embedded chdb under data_dir (filled in below)
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:16379/0")
+
+    # Worker
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
+    #: Commands larger than this are rejected before they reach a handler.
+    max_command_bytes: int = 256 * 1024
+
+    @model_validator(mode="after")
+    def _embedded_clickhouse_by_default(self) -> "Settings":
+        if not self.clickhouse_url:
+            self.clickhouse_url = f"chdb://{(self.data_dir / 'chdb').resolve()}"
+        return self
+
+    @property
+    def kafka_port(self) -> int:
+        """Port of the first bootstrap server (the local stack listens there)."""
+        first = self.kafka_bootstrap_servers.split(",")[0]
+        return int(first.rsplit(":", 1)[1])
+
+    @property
+    def redis_port(self) -> int:
+        """Port in the Redis URL (the local stack's redis-server listens there)."""
+        return urlsplit(self.redis_url.get_secret_value()).port or 6379
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain values, with passwords and URL credentials masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = _mask_url(value.get_secret_value()) if name.endswith("_url") else "********"
+            elif isinstance(value, str) and name.endswith("_url"):
+                value = _mask_url(value)
+            out[name] = value
+        return out
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":********@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,252 @@
+"""The declared topology (``topology.yaml``): topics, tables, agents, sinks and cubes.
+
+This module only reads and checks the declaration; ``connectors.kafka_admin`` compares it
+with a live cluster and applies it, and ``streams.cli.topology`` draws it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class TopologyError(ValueError):
+    """The topology file is missing, is not YAML, or does not match the declared shape."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopicSpec(_Spec):
+    """A Kafka topic: its partitions, retention, cleanup policy, key and value schemas."""
+
+    name: str
+    partitions: int = Field(ge=1)
+    retention_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=-1, description="-1 keeps records forever")
+    cleanup_policy: Literal["delete", "compact", "compact,delete"] = "delete"
+    key: str = Field(description="what the record key is, e.g. tenant_id")
+    schemas: list[str] = Field(default_factory=list, description="Avro schemas the values may carry")
+    value_format: Literal["avro", "json", "bytes"] = "avro"
+    config: dict[str, str] = Field(default_factory=dict, description="further topic configs")
+    description: str = ""
+
+    def kafka_config(self) -> dict[str, str]:
+        """The topic configs that ``apply`` sets and ``diff`` compares."""
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms), **self.config}
+
+
+class TableSpec(_Spec):
+    """A changelog-backed Faust table, updated from the stream of the agent that owns it."""
+
+    name: str
+    key: str
+    description: str = ""
+
+
+class AgentSpec(_Spec):
+    """A stream agent: the topics it consumes and produces and the tables it updates."""
+
+    name: str
+    inputs: list[str] = Field(min_length=1)
+    outputs: list[str] = Field(default_factory=list)
+    tables: list[str] = Field(default_factory=list)
+    description: str = ""
+
+
+class SinkSpec(_Spec):
+    """A sink that moves a topic into a store (ClickHouse or Redis)."""
+
+    name: str
+    kind: Literal["clickhouse", "redis"]
+    inputs: list[str] = Field(min_length=1)
+    target: str
+    description: str = ""
+
+
+class CubeSpec(_Spec):
+    """An analytics cube built in ClickHouse from a sink's facts."""
+
+    name: str
+    source: str
+    dimensions: list[str]
+    measures: list[str]
+    description: str = ""
+
+
+class Topology(_Spec):
+    """The whole declaration, with its internal references checked."""
+
+    topics: list[TopicSpec]
+    tables: list[TableSpec] = Field(default_factory=list)
+    agents: list[AgentSpec] = Field(default_factory=list)
+    sinks: list[SinkSpec] = Field(default_factory=list)
+    cubes: list[CubeSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "Topology":
+        problems: list[str] = []
+        for kind in ("topics", "tables", "agents", "sinks", "cubes"):
+            names = [item.name for item in getattr(self, kind)]
+            problems += [f"{kind}: '{n}' is declared twice" for n in sorted({n for n in names if names.count(n) > 1})]
+        topics = {t.name for t in self.topics}
+        tables = {t.name for t in self.tables}
+        for agent in self.agents:
+            problems += [f"agent '{agent.name}': unknown topic '{t}'" for t in [*agent.inputs, *agent.outputs] if t not in topics]
+            problems += [f"agent '{agent.name}': unknown table '{t}'" for t in agent.tables if t not in tables]
+        for sink in self.sinks:
+            problems += [f"sink '{sink.name}': unknown topic '{t}'" for t in sink.inputs if t not in topics]
+        sinks = {s.name for s in self.sinks}
+        problems += [f"cube '{c.name}': unknown sink '{c.source}'" for c in self.cubes if c.source not in sinks]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def topic(self, name: str) -> TopicSpec:
+        """The topic declared under ``name`` (KeyError if none)."""
+        for topic in self.topics:
+            if topic.name == name:
+                return topic
+        raise KeyError(f"topic '{name}' is not declared in the topology")
+
+    def agent(self, name: str) -> AgentSpec:
+        """The agent declared under ``name`` (KeyError if none)."""
+        for agent in self.agents:
+            if agent.name == name:
+                return agent
+        raise KeyError(f"agent '{name}' is not declared in the topology")
+
+    def table_partitions(self, table: str) -> int:
+        """Partitions of a table: those of the input topics of the agent that updates it."""
+        for agent in self.agents:
+            if table in agent.tables:
+                return self.topic(agent.inputs[0]).partitions
+        raise KeyError(f"table '{table}' is updated by no declared agent")
+
+
+def load_topology(path: Path) -> Topology:
+    """Read and check ``topology.yaml``; raise TopologyError with every problem found."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise TopologyError(f"{path}: no such topology file") from exc
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return Topology.model_validate(data or {})
+    except ValidationError as exc:
+        lines = [f"{'.'.join(map(str, e['loc'])) or 'topology'}: {e['msg']}" for e in exc.errors()]
+        raise TopologyError(f"{path}: " + "; ".join(lines)) from exc
+
+
+# --- validation against the code -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason the topology and the code disagree."""
+
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class CodeView:
+    """The agents, tables and schemas that the code defines, and table partition counts."""
+
+    agents: dict[str, tuple[list[str], list[str]]]  # name -> (input topics, tables it updates)
+    tables: dict[str, int]  # name -> partitions
+    schemas: set[str]
+
+
+def validate(topology: Topology, code: CodeView) -> list[Problem]:
+    """Every way the declaration and the code disagree; empty when they agree.
+
+    Checks: each topic's schemas exist; each declared agent exists in the code with the same
+    inputs and each code agent is declared; each declared table exists and has as many
+    partitions as the stream that updates it (co-partitioning).
+    """
+    problems: list[Problem] = []
+    for topic in topology.topics:
+        problems += [Problem(f"topic {topic.name}", f"schema '{s}' does not exist in schemas/") for s in topic.schemas if s not in code.schemas]
+    declared = {a.name for a in topology.agents}
+    for agent in topology.agents:
+        if agent.name not in code.agents:
+            problems.append(Problem(f"agent {agent.name}", "declared in the topology but the code has no such agent"))
+            continue
+        inputs, tables = code.agents[agent.name]
+        if sorted(inputs) != sorted(agent.inputs):
+            problems.append(Problem(f"agent {agent.name}", f"the code consumes {sorted(inputs)}, the topology declares {sorted(agent.inputs)}"))
+        if sorted(tables) != sorted(agent.tables):
+            problems.append(Problem(f"agent {agent.name}", f"the code updates tables {sorted(tables)}, the topology declares {sorted(agent.tables)}"))
+    problems += [Problem(f"agent {name}", "exists in the code but is not declared in the topology") for name in sorted(set(code.agents) - declared)]
+    for table in topology.tables:
+        if table.name not in code.tables:
+            problems.append(Problem(f"table {table.name}", "declared in the topology but the code has no such table"))
+            continue
+        for agent in topology.agents:
+            if table.name in agent.tables:
+                for source in agent.inputs:
+                    want = topology.topic(source).partitions
+                    if code.tables[table.name] != want:
+                        problems.append(
+                            Problem(f"table {table.name}", f"has {code.tables[table.name]} partitions but its source topic '{source}' has {want}: not co-partitioned")
+                        )
+    problems += [Problem(f"table {name}", "exists in the code but is not declared in the topology") for name in sorted(set(code.tables) - {t.name for t in topology.tables})]
+    return problems
+
+
+# --- drawing ---------------------------------------------------------------------------
+
+
+def edges(topology: Topology) -> Iterable[tuple[str, str]]:
+    """Data-flow edges: topic -> agent, agent -> topic, agent -> table, topic -> sink, sink -> cube."""
+    for agent in topology.agents:
+        yield from ((f"topic:{t}", f"agent:{agent.name}") for t in agent.inputs)
+        yield from ((f"agent:{agent.name}", f"topic:{t}") for t in agent.outputs)
+        yield from ((f"agent:{agent.name}", f"table:{t}") for t in agent.tables)
+    for sink in topology.sinks:
+        yield from ((f"topic:{t}", f"sink:{sink.name}") for t in sink.inputs)
+    for cube in topology.cubes:
+        yield (f"sink:{cube.source}", f"cube:{cube.name}")
+
+
+def _node_id(node: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in node)
+
+
+_SHAPES: dict[str, tuple[str, str, str]] = {
+    # kind: (mermaid open, mermaid close, dot shape)
+    "topic": ("[/", "/]", "cds"),
+    "agent": ("([", "])", "box"),
+    "table": ("[(", ")]", "cylinder"),
+    "sink": ("[[", "]]", "component"),
+    "cube": ("{{", "}}", "hexagon"),
+}
+
+
+def render_graph(topology: Topology, fmt: Literal["mermaid", "dot"]) -> str:
+    """The topology as a Mermaid flowchart or a Graphviz digraph."""
+    pairs = list(edges(topology))
+    nodes = sorted({n for pair in pairs for n in pair} | {f"topic:{t.name}" for t in topology.topics})
+    if fmt == "mermaid":
+        lines = ["flowchart LR"]
+        for node in nodes:
+            kind, label = node.split(":", 1)
+            opening, closing, _ = _SHAPES[kind]
+            lines.append(f'    {_node_id(node)}{opening}"{label}"{closing}')
+        lines += [f"    {_node_id(a)} --> {_node_id(b)}" for a, b in pairs]
+        return "\n".join(lines) + "\n"
+    lines = ["digraph agentstream {", "    rankdir=LR;"]
+    for node in nodes:
+        kind, label = node.split(":", 1)
+        lines.append(f'    {_node_id(node)} [label="{label}", shape={_SHAPES[kind][2]}];')
+    lines += [f"    {_node_id(a)} -> {_node_id(b)};" for a, b in pairs]
+    return "\n".join(lines) + "\n}\n"

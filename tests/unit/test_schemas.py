@@ -1,0 +1,304 @@
+"""Unit tests of the schema contracts package (pure: only temp dirs, no Kafka)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from schemas import (
+    SCHEMA_HEADER,
+    SCHEMA_ROOT,
+    VERSION_HEADER,
+    SchemaDecodeError,
+    SchemaError,
+    SchemaLoadError,
+    SchemaRegistry,
+    SchemaValidationError,
+    UnknownSchema,
+    default_registry,
+)
+
+COMMANDS = [
+    "CreateAgent", "ConfigureAgent", "StartAgent", "StopAgent", "AssignTask", "CompleteTask",
+    "FailTask", "CreateTenant", "ConfigureTenant", "UpdateSecurityPolicy", "GrantAccess", "RevokeAccess",
+]
+EVENTS = [
+    "AgentCreated", "AgentConfigured", "AgentStarted", "AgentStopped", "TaskAssigned", "TaskCompleted",
+    "TaskFailed", "TenantCreated", "TenantConfigured", "SecurityPolicyUpdated", "AccessGranted",
+    "AccessRevoked", "BillingEvent",
+]
+METADATA_FIELDS = {"tenant_id", "command_id", "event_id", "expected_version", "stream_id", "event_version"}
+
+PAYLOADS: dict[str, dict[str, Any]] = {
+    "CreateAgent": {"agent_id": "a-1", "name": "Summariser", "agent_type": "llm", "region": "us-east-1",
+                    "capabilities": ["summarise", "translate"], "config": {"model": "small"}},
+    "ConfigureAgent": {"agent_id": "a-1", "config": {"temperature": "0.2"}},
+    "StartAgent": {"agent_id": "a-1"},
+    "StopAgent": {"agent_id": "a-1", "reason": "maintenance"},
+    "AssignTask": {"task_id": "t-1", "agent_id": "a-1", "task_type": "summarise", "input": {"doc": "d-9"}},
+    "CompleteTask": {"task_id": "t-1", "output": {"summary": "ok"}, "cost": 0.25},
+    "FailTask": {"task_id": "t-1", "error": "timeout", "cost": 0.01},
+    "CreateTenant": {"name": "Acme", "region": "eu-central-1", "plan": "pro"},
+    "ConfigureTenant": {"settings": {"max_agents": "10"}},
+    "UpdateSecurityPolicy": {"policy_id": "p-1", "rules": {"pii": "deny"}},
+    "GrantAccess": {"principal": "user:ann", "role": "admin"},
+    "RevokeAccess": {"principal": "user:ann", "role": "admin"},
+    "AgentCreated": {"agent_id": "a-1", "name": "Summariser", "agent_type": "llm", "region": "eu-west-1",
+                     "config": {"model": "small"}, "capabilities": ["summarise"]},
+    "AgentConfigured": {"agent_id": "a-1", "config": {"temperature": "0.2"}},
+    "AgentStarted": {"agent_id": "a-1"},
+    "AgentStopped": {"agent_id": "a-1", "reason": None},
+    "TaskAssigned": {"task_id": "t-1", "agent_id": "a-1", "task_type": "summarise", "input": {}},
+    "TaskCompleted": {"task_id": "t-1", "agent_id": "a-1", "output": {"summary": "ok"}, "cost": 0.25},
+    "TaskFailed": {"task_id": "t-1", "agent_id": "a-1", "error": "timeout", "cost": 0.0},
+    "TenantCreated": {"name": "Acme", "region": "eu-west-1", "plan": "enterprise"},
+    "TenantConfigured": {"settings": {"max_agents": "10"}},
+    "SecurityPolicyUpdated": {"policy_id": "p-1", "rules": {"pii": "deny"}},
+    "AccessGranted": {"principal": "user:ann", "role": "viewer"},
+    "AccessRevoked": {"principal": "user:ann", "role": "viewer"},
+    "BillingEvent": {"metric": "tokens", "quantity": 1234.0, "unit": "token",
+                     "period_start": datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)},
+}
+
+
+@pytest.fixture(scope="module")
+def reg() -> SchemaRegistry:
+    return default_registry()
+
+
+def _write(root: Path, kind_dir: str, name: str, version: int, fields: list[dict], **extra: Any) -> Path:
+    d = root / kind_dir
+    d.mkdir(parents=True, exist_ok=True)
+    rec = {"type": "record", "namespace": f"agentstream.{kind_dir}", "name": name, "version": version,
+           "doc": "test", "fields": fields}
+    rec.update(extra)
+    path = d / f"{name}.v{version}.avsc"
+    path.write_text(json.dumps(rec))
+    return path
+
+
+# ------------------------------------------------------------------ loading
+def test_every_file_loads_and_matches_its_filename(reg: SchemaRegistry) -> None:
+    files = sorted(SCHEMA_ROOT.rglob("*.avsc"))
+    assert len(files) == sum(len(reg.versions(n)) for n in reg.names())
+    for path in files:
+        raw = json.loads(path.read_text())
+        sv = reg.get(raw["name"], raw["version"])
+        assert sv.path == path
+        assert path.name == f"{sv.name}.v{sv.version}.avsc"
+        assert raw["namespace"] == f"agentstream.{sv.kind}s"
+        assert path.parent.name == f"{sv.kind}s"
+        assert raw.get("doc")
+        for f in raw["fields"]:
+            assert f.get("doc"), f"{path.name}: field {f['name']} has no doc"
+            assert f["name"] not in METADATA_FIELDS, f"{path.name}: metadata field {f['name']} in payload"
+
+
+def test_all_commands_and_events_exist(reg: SchemaRegistry) -> None:
+    assert reg.names("command") == sorted(COMMANDS)
+    assert reg.names("event") == sorted(EVENTS)
+    assert reg.names() == sorted(COMMANDS + EVENTS)
+    assert all(reg.kind(n) == "command" for n in COMMANDS)
+    assert all(reg.kind(n) == "event" for n in EVENTS)
+    assert [v.version for v in reg.versions("AgentCreated")] == [1, 2]
+    assert reg.get("AgentCreated").version == 2
+
+
+def test_default_registry_is_cached() -> None:
+    assert default_registry() is default_registry()
+
+
+def test_unknown_names_and_versions(reg: SchemaRegistry) -> None:
+    with pytest.raises(UnknownSchema, match="Nope"):
+        reg.versions("Nope")
+    with pytest.raises(UnknownSchema, match="AgentCreated.*version 9"):
+        reg.get("AgentCreated", 9)
+    with pytest.raises(UnknownSchema):
+        reg.encode("Nope", {})
+
+
+def test_model_shape(reg: SchemaRegistry) -> None:
+    model = reg.model("CreateTenant")
+    assert model is reg.model("CreateTenant")
+    inst = model(name="Acme")
+    assert (inst.region, inst.plan) == ("eu-west-1", "free")
+    agent = reg.validate("CreateAgent", {"agent_id": "a", "name": "n", "agent_type": "llm"})
+    assert agent.capabilities == [] and agent.config == {}  # type: ignore[attr-defined]
+    assert reg.validate("StopAgent", {"agent_id": "a"}).reason is None  # type: ignore[attr-defined]
+    with pytest.raises(SchemaValidationError, match="plan"):
+        reg.validate("CreateTenant", {"name": "Acme", "plan": "platinum"})
+
+
+# ------------------------------------------------------------------ roundtrip
+@pytest.mark.parametrize("name", sorted(COMMANDS + EVENTS))
+def test_encode_decode_roundtrip(reg: SchemaRegistry, name: str) -> None:
+    value, headers = reg.encode(name, PAYLOADS[name])
+    assert isinstance(value, bytes)
+    assert dict(headers) == {SCHEMA_HEADER: name.encode(), VERSION_HEADER: str(reg.get(name).version).encode()}
+    decoded_name, model = reg.decode(value, headers)
+    assert decoded_name == name
+    assert isinstance(model, reg.model(name))
+    assert model.model_dump() == PAYLOADS[name]
+    # mapping headers and model input work too
+    assert reg.decode(value, dict(headers))[1] == model
+    assert reg.encode(name, model) == (value, headers)
+
+
+def test_agent_created_v1_is_read_as_v2(reg: SchemaRegistry) -> None:
+    v1 = {"agent_id": "a-1", "name": "n", "agent_type": "llm", "region": "eu-west-1", "config": {"k": "v"}}
+    value, headers = reg.encode("AgentCreated", v1, version=1)
+    assert dict(headers)[VERSION_HEADER] == b"1"
+    name, event = reg.decode(value, headers)
+    assert name == "AgentCreated"
+    assert isinstance(event, reg.model("AgentCreated"))
+    assert event.capabilities == []  # type: ignore[attr-defined]
+    assert event.model_dump() == {**v1, "capabilities": []}
+    # v1 does not know capabilities
+    with pytest.raises(SchemaValidationError, match="capabilities"):
+        reg.encode("AgentCreated", {**v1, "capabilities": ["x"]}, version=1)
+
+
+# ------------------------------------------------------------------ validation
+def test_missing_required_field(reg: SchemaRegistry) -> None:
+    with pytest.raises(SchemaValidationError) as info:
+        reg.validate("AssignTask", {"task_id": "t", "task_type": "x"})
+    assert info.value.name == "AssignTask"
+    assert info.value.problems == ["agent_id: field required"]
+    assert "AssignTask" in str(info.value)
+
+
+def test_wrong_type(reg: SchemaRegistry) -> None:
+    with pytest.raises(SchemaValidationError) as info:
+        reg.encode("CreateAgent", {"agent_id": "a", "name": "n", "agent_type": "llm", "region": 5})
+    assert info.value.problems == ["region: expected string, got int"]
+    with pytest.raises(SchemaValidationError, match="cost"):
+        reg.validate("FailTask", {"task_id": "t", "error": "e", "cost": "cheap"})
+    with pytest.raises(SchemaValidationError, match=r"config\.k"):
+        reg.validate("ConfigureAgent", {"agent_id": "a", "config": {"k": 1}})
+
+
+def test_unknown_extra_field(reg: SchemaRegistry) -> None:
+    with pytest.raises(SchemaValidationError) as info:
+        reg.validate("StartAgent", {"agent_id": "a", "tenant_id": "t-1"})
+    assert info.value.problems == ["tenant_id: unknown field"]
+
+
+def test_every_problem_is_listed(reg: SchemaRegistry) -> None:
+    with pytest.raises(SchemaValidationError) as info:
+        reg.validate("CreateAgent", {"name": 3, "bogus": True})
+    fields = {p.split(":")[0] for p in info.value.problems}
+    assert fields == {"agent_id", "name", "agent_type", "bogus"}
+    with pytest.raises(SchemaValidationError):
+        reg.validate("StartAgent", ["not", "a", "mapping"])  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ decode failures
+@pytest.mark.parametrize("garbage", [b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", b"", b"\x02a\x02"])
+def test_decode_garbage(reg: SchemaRegistry, garbage: bytes) -> None:
+    with pytest.raises(SchemaDecodeError, match="CreateAgent"):
+        reg.decode(garbage, [(SCHEMA_HEADER, b"CreateAgent"), (VERSION_HEADER, b"1")])
+
+
+def test_decode_trailing_bytes(reg: SchemaRegistry) -> None:
+    value, headers = reg.encode("StartAgent", {"agent_id": "a"})
+    with pytest.raises(SchemaDecodeError, match="trailing"):
+        reg.decode(value + b"\x00junk", headers)
+
+
+def test_decode_not_bytes(reg: SchemaRegistry) -> None:
+    with pytest.raises(SchemaDecodeError):
+        reg.decode(None, [(SCHEMA_HEADER, b"StartAgent"), (VERSION_HEADER, b"1")])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [(SCHEMA_HEADER, b"NoSuchThing"), (VERSION_HEADER, b"1")],
+        [(SCHEMA_HEADER, b"StartAgent"), (VERSION_HEADER, b"7")],
+        [(SCHEMA_HEADER, b"StartAgent"), (VERSION_HEADER, b"one")],
+        [(SCHEMA_HEADER, b"StartAgent")],
+        [(VERSION_HEADER, b"1")],
+        [(SCHEMA_HEADER, b"\xff\xfe"), (VERSION_HEADER, b"1")],
+        [],
+    ],
+)
+def test_decode_unknown_schema(reg: SchemaRegistry, headers: list[tuple[str, bytes]]) -> None:
+    with pytest.raises(UnknownSchema):
+        reg.decode(b"\x02a", headers)
+
+
+def test_errors_share_a_base() -> None:
+    for cls in (UnknownSchema, SchemaValidationError, SchemaDecodeError, SchemaLoadError):
+        assert issubclass(cls, SchemaError)
+
+
+# ------------------------------------------------------------------ compatibility
+def test_check_real_files_is_clean(reg: SchemaRegistry) -> None:
+    assert reg.check() == []
+
+
+def test_check_accepts_additive_and_promotions(tmp_path: Path) -> None:
+    _write(tmp_path, "events", "Thing", 1, [{"name": "a", "type": "string", "doc": "a"},
+                                           {"name": "n", "type": "int", "doc": "n"}])
+    _write(tmp_path, "events", "Thing", 2, [{"name": "a", "type": "string", "doc": "a"},
+                                           {"name": "n", "type": "long", "doc": "n"},
+                                           {"name": "b", "type": ["null", "string"], "default": None, "doc": "b"}])
+    assert SchemaRegistry.load(tmp_path).check() == []
+
+
+def test_check_required_field_without_default(tmp_path: Path) -> None:
+    base = [{"name": "a", "type": "string", "doc": "a"}]
+    _write(tmp_path, "events", "Thing", 1, base)
+    _write(tmp_path, "events", "Thing", 2, base + [{"name": "b", "type": "string", "doc": "b"}])
+    problems = SchemaRegistry.load(tmp_path).check()
+    assert problems
+    assert {(p.name, p.reader_version, p.writer_version) for p in problems} == {("Thing", 2, 1)}
+    assert any("b" in p.reason and "default" in p.reason for p in problems)
+
+
+def test_check_type_change_string_to_int(tmp_path: Path) -> None:
+    _write(tmp_path, "commands", "DoIt", 1, [{"name": "x", "type": "string", "doc": "x"}])
+    _write(tmp_path, "commands", "DoIt", 2, [{"name": "x", "type": "int", "doc": "x"}])
+    _write(tmp_path, "commands", "DoIt", 3, [{"name": "x", "type": "int", "doc": "x"}])
+    problems = SchemaRegistry.load(tmp_path).check()
+    pairs = {(p.name, p.reader_version, p.writer_version) for p in problems}
+    assert pairs == {("DoIt", 2, 1), ("DoIt", 3, 1)}
+    assert any("string" in p.reason and "int" in p.reason for p in problems)
+    assert "DoIt v2 cannot read v1" in str(next(p for p in problems if p.reader_version == 2))
+
+
+# ------------------------------------------------------------------ load failures
+def test_load_version_attribute_disagrees_with_filename(tmp_path: Path) -> None:
+    path = _write(tmp_path, "events", "Thing", 1, [{"name": "a", "type": "string", "doc": "a"}])
+    path.rename(path.with_name("Thing.v2.avsc"))
+    with pytest.raises(SchemaLoadError, match=r"Thing\.v2\.avsc.*version"):
+        SchemaRegistry.load(tmp_path)
+
+
+def test_load_name_disagrees_with_filename(tmp_path: Path) -> None:
+    path = _write(tmp_path, "events", "Thing", 1, [{"name": "a", "type": "string", "doc": "a"}])
+    path.rename(path.with_name("Other.v1.avsc"))
+    with pytest.raises(SchemaLoadError, match="name"):
+        SchemaRegistry.load(tmp_path)
+
+
+def test_load_bad_json_and_bad_avro(tmp_path: Path) -> None:
+    (tmp_path / "events").mkdir()
+    (tmp_path / "events" / "Broken.v1.avsc").write_text("{not json")
+    with pytest.raises(SchemaLoadError, match="JSON"):
+        SchemaRegistry.load(tmp_path)
+    (tmp_path / "events" / "Broken.v1.avsc").unlink()
+    _write(tmp_path, "events", "Thing", 1, [{"name": "a", "type": "no-such-type", "doc": "a"}])
+    with pytest.raises(SchemaLoadError, match="Avro"):
+        SchemaRegistry.load(tmp_path)
+
+
+def test_models_are_pydantic(reg: SchemaRegistry) -> None:
+    for name in reg.names():
+        assert issubclass(reg.model(name), BaseModel)
+        assert reg.model(name).model_config.get("extra") == "forbid"
