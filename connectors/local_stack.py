@@ -4,7 +4,9 @@
 apt), starts both on 127.0.0.1, waits until they answer, and records their pids under the
 data directory. ``down()`` stops exactly the processes that a pid file names, after checking
 that the pid still belongs to this stack (its command line names this stack's directory).
-ClickHouse is embedded (chdb) and needs no process.
+A service runs with its working directory in its own folder of the stack; that, not the pid
+alone, is how the stack recognises its own processes. ClickHouse is embedded (chdb) and needs
+no process.
 """
 
 from __future__ import annotations
@@ -92,14 +94,14 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _pid_alive(pid: int, marker: str) -> bool:
-    """True when ``pid`` runs and its command line names ``marker`` (guards against pid reuse)."""
+def _pid_alive(pid: int, home: Path) -> bool:
+    """True when ``pid`` runs with its working directory inside ``home`` (guards against pid reuse)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
         state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
+    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
         return False
-    return state != "Z" and marker in cmdline
+    return state != "Z" and Path(cwd).is_relative_to(home)
 
 
 class _Service:
@@ -113,16 +115,12 @@ class _Service:
         self.pid_file = home / f"{self.name}.pid"
         self.log_file = home / f"{self.name}.log"
 
-    @property
-    def marker(self) -> str:
-        return str(self.home)
-
     def pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        return pid if _pid_alive(pid, self.marker) else None
+        return pid if _pid_alive(pid, self.home) else None
 
     def command(self, echo: Callable[[str], None]) -> list[str]:
         raise NotImplementedError
@@ -140,7 +138,7 @@ class _Service:
         self.home.mkdir(parents=True, exist_ok=True)
         cmd = self.command(echo)
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=self.home, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         self.pid_file.write_text(str(proc.pid))
         echo(f"{self.name}: starting (pid {proc.pid}) on 127.0.0.1:{self.port}…")
         deadline = time.monotonic() + timeout
@@ -164,9 +162,9 @@ class _Service:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(pid, self.marker):
+        while time.monotonic() < deadline and _pid_alive(pid, self.home):
             time.sleep(0.2)
-        if _pid_alive(pid, self.marker):
+        if _pid_alive(pid, self.home):
             os.kill(pid, signal.SIGKILL)
         try:  # reap it when it is our own child (tests run up/down in one process)
             os.waitpid(pid, os.WNOHANG)

@@ -19,6 +19,8 @@ def create_app(settings: Settings) -> faust.App:
     ``data_dir/workers/<web_port>`` (one directory per worker process). The web server binds
     ``web_host`` (127.0.0.1 unless told otherwise).
     """
+    datadir = settings.data_dir / "workers" / str(settings.web_port)
+    datadir.mkdir(parents=True, exist_ok=True)
     advertised = settings.web_host if settings.web_host not in ("0.0.0.0", "::") else socket.gethostname()
     return faust.App(
         settings.app_id,
@@ -26,7 +28,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_credentials=faust_credentials(settings),
         processing_guarantee="exactly_once",
         store="rocksdb://",
-        datadir=str(settings.data_dir / "workers" / str(settings.web_port)),
+        datadir=str(datadir),
         web_bind=settings.web_host,
         web_host=advertised,
         web_port=settings.web_port,
@@ -34,7 +36,6 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 5),
         topic_replication_factor=settings.kafka_replication_factor,
-        topic_allow_declare=False,  # topics come from `agentstream topology apply`
         table_cleanup_interval=30.0,
         autodiscover=False,
         consumer_auto_offset_reset="earliest",

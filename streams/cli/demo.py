@@ -115,6 +115,7 @@ def demo(
     """Run the whole pipeline locally: stack up, topology apply, a worker, a burst of commands, a summary."""
     from connectors.kafka_admin import AdminError, apply
     from connectors.local_stack import LocalStack, StackError
+    from streams.messages import new_id
     from streams.supervisor import WorkerProcess
     from streams.topology import TopologyError, load_topology
 
@@ -137,7 +138,8 @@ def demo(
         worker = WorkerProcess(settings.data_dir / "logs" / "demo-worker.log").start()
         console.print(f"worker pid {worker.pid}, log {worker.log_file}")
         console.rule("[bold]4. commands")
-        names = TENANTS[:tenants]
+        run = new_id()[:4]  # fresh tenants each run: the event store keeps the last run's
+        names = [f"{name}-{run}" for name in TENANTS[:tenants]]
         try:
             tally = asyncio.run(_run(settings, names, agents, ready_timeout))
         except TimeoutError as exc:
