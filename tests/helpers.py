@@ -1,0 +1,85 @@
+"""Helpers for integration tests: run the CLI as a user would, read topics as a consumer would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from connectors.kafka_config import aiokafka_config
+from streams.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run ``agentstream ARGS`` in a subprocess; returns the completed process (text output)."""
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        cwd=REPO,
+    )
+
+
+def tenant() -> str:
+    """A fresh tenant id, so tests never see each other's streams."""
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """The end offset of every partition of ``topic``."""
+
+    async def go() -> dict[int, int]:
+        consumer = AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+            if not parts:
+                await consumer._client.force_metadata_update()
+                parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+            ends = await consumer.end_offsets(parts)
+            return {tp.partition: offset for tp, offset in ends.items()}
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(go())
+
+
+def read_topic(settings: Settings, topic: str, *, committed: bool = True, idle_ms: int = 1500) -> list[ConsumerRecord]:
+    """Every record of ``topic`` (read_committed by default), in partition/offset order."""
+
+    async def go() -> list[ConsumerRecord]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            **aiokafka_config(settings),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed" if committed else "read_uncommitted",
+        )
+        await consumer.start()
+        records: list[ConsumerRecord] = []
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=idle_ms)
+                if not batch:
+                    break
+                for msgs in batch.values():
+                    records.extend(msgs)
+        finally:
+            await consumer.stop()
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+
+    return asyncio.run(go())
+
+
+def headers_of(record: ConsumerRecord) -> dict[str, str]:
+    """A record's headers as text."""
+    return {k: v.decode(errors="replace") for k, v in (record.headers or [])}

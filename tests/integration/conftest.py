@@ -1,0 +1,76 @@
+"""Fixtures that start the real services (Kafka, Redis) and a worker for integration tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from typing import Iterator
+
+import pytest
+
+from streams.settings import Settings, get_settings
+
+
+def _docker_engine() -> bool:
+    try:
+        import docker
+
+        return bool(docker.from_env(timeout=3).ping())
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[Settings]:
+    """Settings pointing at running Kafka and Redis for the whole session (started here)."""
+    if _docker_engine():
+        from testcontainers.kafka import KafkaContainer
+        from testcontainers.redis import RedisContainer
+
+        with KafkaContainer("apache/kafka:4.4.0").with_kraft() as kafka, RedisContainer("redis:7.4-alpine") as redis_c:
+            os.environ["AGENTSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = kafka.get_bootstrap_server()
+            os.environ["AGENTSTREAM_REDIS_URL"] = f"redis://{redis_c.get_container_host_ip()}:{redis_c.get_exposed_port(6379)}/0"
+            get_settings.cache_clear()
+            yield get_settings()
+        return
+
+    from connectors.local_stack import LocalStack, StackError
+
+    current = get_settings()
+    stack = LocalStack(current)
+    try:
+        stack.up(echo=lambda line: print(line, file=sys.stderr), timeout=120)
+    except StackError as exc:  # a missing service fails the run, it never skips
+        pytest.fail(f"cannot start the test services: {exc}", pytrace=False)
+    try:
+        yield current
+    finally:
+        stack.down(echo=lambda line: print(line, file=sys.stderr))
+
+
+@pytest.fixture(scope="session")
+def applied(settings: Settings) -> Settings:
+    """The topology applied to the test cluster."""
+    from connectors.kafka_admin import apply
+    from streams.topology import load_topology
+
+    apply(load_topology(settings.topology_path), settings, echo=lambda line: None)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def worker(applied: Settings) -> Iterator["WorkerProcess"]:
+    """One worker for the session; it has answered a first command before tests use it."""
+    from streams.client import send_command
+    from streams.supervisor import WorkerProcess
+
+    proc = WorkerProcess(applied.data_dir / "logs" / "worker-session.log").start()
+    try:
+        outcome = send_command(applied, "CreateTenant", f"warmup-{uuid.uuid4().hex[:6]}", {"name": "Warmup"}, timeout=120)
+        assert not isinstance(outcome, str)
+    except Exception as exc:
+        proc.stop()
+        pytest.fail(f"the worker did not answer: {exc}\n{proc.log_tail()}", pytrace=False)
+    yield proc
+    proc.stop()

@@ -1,0 +1,114 @@
+"""CommandProcessor: one raw message in, one outcome out (pure, no Kafka)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas import default_registry
+from streams.command_processor import CommandProcessor, Outcome
+from streams.messages import CommandAccepted, CommandMeta, CommandRejected, EventMeta
+
+REG = default_registry()
+
+
+class Store(dict):
+    """The aggregates table, as a dict."""
+
+    def apply(self, outcome: Outcome) -> Outcome:
+        if outcome.state_key:
+            self[outcome.state_key] = outcome.new_state
+        return outcome
+
+
+@pytest.fixture
+def proc() -> CommandProcessor:
+    ids = iter(range(10_000))
+    return CommandProcessor(REG, max_bytes=2048, clock=lambda: datetime(2026, 1, 1, tzinfo=UTC), ids=lambda: f"e{next(ids)}")
+
+
+def message(kind: str, data: dict, tenant: str = "acme", cid: str = "c1", expected: int | None = None):
+    value, headers = REG.encode(kind, data)
+    meta = CommandMeta(command_id=cid, tenant_id=tenant, expected_version=expected)
+    return tenant.encode(), value, headers + meta.to_headers()
+
+
+CREATE = {"agent_id": "a1", "name": "Alpha", "agent_type": "llm"}
+
+
+def test_accepts_and_appends_versioned_events(proc):
+    store = Store()
+    out = store.apply(proc.process(*message("CreateAgent", CREATE), store.get))
+    assert isinstance(out.result, CommandAccepted)
+    assert out.result.stream_id == "agent-a1" and out.result.new_version == 1
+    assert out.dead_letter is None and len(out.events) == 1
+    name, payload = REG.decode(out.events[0].value, out.events[0].headers)
+    assert name == "AgentCreated" and payload.agent_id == "a1" and payload.region == "eu-west-1"
+    meta = EventMeta.from_headers(out.events[0].headers)
+    assert (meta.tenant_id, meta.stream_id, meta.version, meta.command_id) == ("acme", "agent-a1", 1, "c1")
+    started = store.apply(proc.process(*message("StartAgent", {"agent_id": "a1"}, cid="c2", expected=1), store.get))
+    assert started.result.new_version == 2
+    assert store["acme/agent-a1"]["state"]["status"] == "running"
+
+
+def test_invariants_and_versions_are_rejections_without_dead_letters(proc):
+    store = Store()
+    store.apply(proc.process(*message("CreateAgent", CREATE), store.get))
+    again = proc.process(*message("CreateAgent", CREATE, cid="c2"), store.get)
+    assert isinstance(again.result, CommandRejected) and again.result.code == "InvariantViolated"
+    stale = proc.process(*message("StartAgent", {"agent_id": "a1"}, cid="c3", expected=0), store.get)
+    assert stale.result.code == "WrongExpectedVersion" and stale.result.current_version == 1
+    missing = proc.process(*message("StopAgent", {"agent_id": "zz"}, cid="c4"), store.get)
+    assert missing.result.code == "NotFound"
+    assert all(o.dead_letter is None and not o.events and o.state_key is None for o in (again, stale, missing))
+
+
+def test_tenants_do_not_share_state(proc):
+    store = Store()
+    store.apply(proc.process(*message("CreateAgent", CREATE, tenant="acme"), store.get))
+    other = store.apply(proc.process(*message("CreateAgent", CREATE, tenant="globex", cid="c2"), store.get))
+    assert isinstance(other.result, CommandAccepted) and other.state_key == "globex/agent-a1"
+
+
+@pytest.mark.parametrize(
+    "value, headers, code, reason",
+    [
+        (b"\xff\x00garbage", [("agentstream.schema", b"CreateAgent"), ("agentstream.schema_version", b"1")], "ValidationFailed", "undecodable"),
+        (b"", [("agentstream.schema", b"Teleport"), ("agentstream.schema_version", b"1")], "UnknownCommand", "unknown-schema"),
+        (b"", [], "UnknownCommand", "unknown-schema"),
+        (b"x" * 4096, [("agentstream.schema", b"StartAgent"), ("agentstream.schema_version", b"1")], "ValidationFailed", "oversize"),
+    ],
+)
+def test_malformed_input_is_rejected_and_dead_lettered(proc, value, headers, code, reason):
+    meta = CommandMeta(command_id="bad", tenant_id="acme")
+    out = proc.process(b"acme", value, headers + meta.to_headers(), {}.get)
+    assert out.result.code == code and out.dead_letter == reason and out.error
+    assert not out.events and out.state_key is None
+
+
+def test_an_event_sent_as_a_command_is_unknown(proc):
+    key, value, headers = message("CreateAgent", CREATE)
+    value, schema_headers = REG.encode("AgentStarted", {"agent_id": "a1"})
+    out = proc.process(key, value, schema_headers + CommandMeta(command_id="c", tenant_id="acme").to_headers(), {}.get)
+    assert out.result.code == "UnknownCommand" and out.dead_letter == "unknown-command"
+
+
+def test_key_must_be_the_tenant(proc):
+    _, value, headers = message("CreateAgent", CREATE)
+    out = proc.process(b"globex", value, headers, {}.get)
+    assert out.result.code == "ValidationFailed" and out.dead_letter == "key-mismatch"
+
+
+def test_missing_envelope_is_dead_lettered_without_a_result(proc):
+    value, headers = REG.encode("StartAgent", {"agent_id": "a1"})
+    out = proc.process(b"acme", value, headers, {}.get)
+    assert out.result is None and out.dead_letter == "bad-envelope" and "command_id" in out.error
+
+
+def test_a_failing_decider_is_a_handler_error_not_a_crash(proc):
+    def broken_store(key):
+        return {"version": 1, "state": {"status": "bogus-status"}}
+
+    out = proc.process(*message("StartAgent", {"agent_id": "a1"}), broken_store)
+    assert out.result.code == "HandlerFailed" and out.dead_letter == "handler-error"
