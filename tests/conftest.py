@@ -14,6 +14,7 @@ from pathlib import Path
 
 TEST_KAFKA_PORT = int(os.environ.get("AGENTSTREAM_TEST_KAFKA_PORT", "29092"))
 TEST_REDIS_PORT = int(os.environ.get("AGENTSTREAM_TEST_REDIS_PORT", "26379"))
+TEST_WEB_PORT = int(os.environ.get("AGENTSTREAM_TEST_WEB_PORT", "6166"))
 TEST_DATA_DIR = Path(tempfile.mkdtemp(prefix="agentstream-test-"))
 
 os.environ.update(
@@ -21,7 +22,7 @@ os.environ.update(
         "AGENTSTREAM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{TEST_KAFKA_PORT}",
         "AGENTSTREAM_REDIS_URL": f"redis://127.0.0.1:{TEST_REDIS_PORT}/0",
         "AGENTSTREAM_DATA_DIR": str(TEST_DATA_DIR),
-        "AGENTSTREAM_WEB_PORT": "6166",
+        "AGENTSTREAM_WEB_PORT": str(TEST_WEB_PORT),
         "AGENTSTREAM_LOG_LEVEL": "info",
     }
 )
