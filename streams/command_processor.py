@@ -107,7 +107,11 @@ class CommandProcessor:
                 current_version=version,
             )
         state = aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
-        decision = aggregate.decide(command, state)
+        related = {}
+        for name, (other, other_stream) in aggregate.related(command, state).items():
+            found = load_state(state_key(meta.tenant_id, other_stream))
+            related[name] = other.initial() if not found or found["state"] is None else other.load(found["state"])
+        decision = aggregate.decide(command, state, related)
         if isinstance(decision, Rejection):
             return self._reject(meta, decision.code, decision.message, current_version=version)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,7 +30,7 @@ def stream_id(command: Command) -> str:
     return f"agent-{command.data['agent_id']}"
 
 
-def decide(command: Command, state: AgentState) -> list[Event] | Rejection:
+def decide(command: Command, state: AgentState, related: Mapping[str, Any] | None = None) -> list[Event] | Rejection:
     """The events that ``command`` causes for this agent, or why it is refused."""
     data = command.data
     agent_id = data["agent_id"]

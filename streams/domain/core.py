@@ -1,8 +1,9 @@
 """Shared vocabulary of the pure core: commands, events, rejections, and the decider shape.
 
-Nothing here knows Kafka. A decider is ``decide(command, state) -> list[Event] | Rejection``
+Nothing here knows Kafka. A decider is ``decide(command, state, related) -> list[Event] | Rejection``
 plus ``evolve(state, event) -> state``; the shell (``streams.handlers``) feeds it state from a
-table and appends what it returns.
+table and appends what it returns. ``related`` holds the current state of other streams of the
+same tenant that the aggregate asked for (e.g. a task asks for its agent), read-only.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ class Aggregate(Generic[S]):
     commands: frozenset[str]
     stream_id: Callable[[Command], str]
     initial: Callable[[], S]
-    decide: Callable[[Command, S], "list[Event] | Rejection"]
+    decide: Callable[[Command, S, Mapping[str, Any]], "list[Event] | Rejection"]
     evolve: Callable[[S, Event], S]
+    #: Other streams whose state ``decide`` reads: name -> (aggregate, stream id).
+    related: Callable[[Command, S], Mapping[str, "tuple[Aggregate, str]"]] = field(default=lambda command, state: {})
     dump: Callable[[S], dict] = field(default=lambda s: dict(s))  # type: ignore[arg-type]
     load: Callable[[dict], S] = field(default=lambda d: d)  # type: ignore[assignment,return-value]
 

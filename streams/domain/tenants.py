@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from streams.domain.core import Aggregate, Command, Event, Rejection, RejectionCode
@@ -26,7 +28,7 @@ def stream_id(command: Command) -> str:
     return "tenant"
 
 
-def decide(command: Command, state: TenantState) -> list[Event] | Rejection:
+def decide(command: Command, state: TenantState, related: Mapping[str, Any] | None = None) -> list[Event] | Rejection:
     """The events that ``command`` causes for this tenant, or why it is refused."""
     data = command.data
     if command.type == "CreateTenant":
