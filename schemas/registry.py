@@ -26,6 +26,7 @@ import fastavro
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
 from .errors import SchemaDecodeError, SchemaLoadError, SchemaValidationError, UnknownSchema
+from .upcasters import UPCASTERS, Upcasters
 
 __all__ = [
     "SCHEMA_HEADER",
@@ -98,6 +99,10 @@ class SchemaRegistry:
     Build it with :meth:`load`. Instances are read-only after loading (models are
     generated lazily and cached).
     """
+
+    #: Semantic migrations applied by :meth:`decode` to records written with an older version
+    #: (see :mod:`schemas.upcasters`); assign another :class:`Upcasters` on an instance to override.
+    upcasters: Upcasters = UPCASTERS
 
     def __init__(self, versions: Iterable[SchemaVersion]) -> None:
         by_name: dict[str, list[SchemaVersion]] = {}
@@ -218,6 +223,11 @@ class SchemaRegistry:
     ) -> tuple[str, BaseModel]:
         """Decode a message written with the schema version named in ``headers``, read as the latest version.
 
+        An older writer version is brought to the latest shape by Avro schema resolution, or,
+        when an upcaster chain starts at that version (:attr:`upcasters`), by reading the record
+        with the writer schema and applying the chain (then resolution for any remaining
+        additive versions) before validating with the latest model.
+
         Returns ``(name, model instance of the latest version)``. Raises only
         :class:`UnknownSchema` (missing, malformed or unknown schema/version header) or
         :class:`SchemaDecodeError` (garbage bytes, trailing bytes, unresolvable data).
@@ -246,18 +256,38 @@ class SchemaRegistry:
             raise SchemaDecodeError(name, version, f"value must be bytes, got {type(value).__name__}")
         data = bytes(value)
         buf = io.BytesIO(data)
+        # A semantic change needs the writer-shaped record: resolution would drop the old field.
+        upcasting = writer.version < reader.version and self.upcasters.has(name, writer.version)
         try:
-            record = fastavro.schemaless_reader(buf, writer.schema, reader.schema)
+            record = fastavro.schemaless_reader(buf, writer.schema, None if upcasting else reader.schema)
         except Exception as exc:
             raise SchemaDecodeError(name, version, f"{type(exc).__name__}: {exc}") from None
         if buf.tell() != len(data):
             raise SchemaDecodeError(name, version, f"{len(data) - buf.tell()} trailing bytes after the record")
+        if upcasting:
+            record = self._upcast(name, writer.version, reader, record)
         try:
             return name, self.model(name).model_validate(record)
         except ValidationError as exc:
             raise SchemaDecodeError(name, version, "decoded record is invalid: " + "; ".join(_problems(exc))) from None
         except Exception as exc:
             raise SchemaDecodeError(name, version, f"{type(exc).__name__}: {exc}") from None
+
+    def _upcast(self, name: str, writer_version: int, reader: SchemaVersion, record: dict) -> dict:
+        """Upcast a writer-shaped record to ``reader``'s shape (upcasters, then Avro resolution for the rest)."""
+        try:
+            reached, record = self.upcasters.apply(name, writer_version, record, reader.version)
+            if reached < reader.version:  # additive steps left: let Avro resolution do them
+                mid = self.get(name, reached)
+                out = io.BytesIO()
+                fastavro.schemaless_writer(out, mid.schema, self.model(name, reached).model_validate(record).model_dump())
+                out.seek(0)
+                record = fastavro.schemaless_reader(out, mid.schema, reader.schema)
+        except ValidationError as exc:
+            raise SchemaDecodeError(name, writer_version, "upcast record is invalid: " + "; ".join(_problems(exc))) from None
+        except Exception as exc:
+            raise SchemaDecodeError(name, writer_version, f"upcasting failed: {type(exc).__name__}: {exc}") from None
+        return record
 
     # ------------------------------------------------------------------ compatibility
     def check(self) -> list[CompatibilityProblem]:

@@ -8,12 +8,13 @@ here raises.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
 from schemas import SchemaDecodeError, SchemaError, SchemaRegistry, SchemaValidationError, UnknownSchema
-from streams.domain import Command, Rejection, RejectionCode, aggregate_for
+from streams.domain import Aggregate, Command, Event, Rejection, RejectionCode, aggregate_for, aggregate_for_stream
 from streams.messages import (
     CommandAccepted,
     CommandMeta,
@@ -21,9 +22,18 @@ from streams.messages import (
     EnvelopeError,
     EventMeta,
     EventRef,
+    Snapshot,
     new_id,
+    parse_result_dict,
     utcnow,
 )
+
+#: How many recent command ids each stream remembers to answer retries with the first outcome.
+DEDUP_PER_STREAM = 64
+#: A snapshot of a stream is emitted each time its version crosses a multiple of this.
+SNAPSHOT_EVERY = 50
+#: The event store's append command (events given, not decided; version-checked like any write).
+APPEND_EVENTS = "AppendEvents"
 
 Headers = Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None
 
@@ -46,6 +56,13 @@ class Outcome:
     new_state: dict[str, Any] | None = None
     dead_letter: str | None = None  # the reason, when the input goes to the dead-letter topic
     error: str | None = None
+    replayed: bool = False  # a repeated command id, answered with its first outcome
+    snapshot: "Snapshot | None" = None
+
+
+def _remember(recent: list[list], command_id: str, result: CommandAccepted | CommandRejected) -> list[list]:
+    """The stream's recent command ids with this one added, oldest dropped past DEDUP_PER_STREAM."""
+    return [*recent, [command_id, result.model_dump(mode="json")]][-DEDUP_PER_STREAM:]
 
 
 def state_key(tenant_id: str, stream_id: str) -> str:
@@ -90,30 +107,43 @@ class CommandProcessor:
             return self._reject(meta, RejectionCode.UNKNOWN_COMMAND, str(exc), "unknown-schema")
         except (SchemaDecodeError, SchemaValidationError, SchemaError) as exc:
             return self._reject(meta, RejectionCode.VALIDATION_FAILED, str(exc), "undecodable")
-        aggregate = aggregate_for(name) if self.registry.kind(name) == "command" else None
-        if aggregate is None:
-            return self._reject(meta, RejectionCode.UNKNOWN_COMMAND, f"'{name}' is not a command that any aggregate handles", "unknown-command")
-
         command = Command(name, payload.model_dump(), meta.tenant_id)
-        stream_id = aggregate.stream_id(command)
+        if name == APPEND_EVENTS:
+            aggregate = aggregate_for_stream(command.data["stream_id"])
+            if aggregate is None:
+                return self._reject(meta, RejectionCode.VALIDATION_FAILED, f"no aggregate owns stream '{command.data['stream_id']}'", "unknown-stream")
+            stream_id = command.data["stream_id"]
+        else:
+            aggregate = aggregate_for(name) if self.registry.kind(name) == "command" else None
+            if aggregate is None:
+                return self._reject(meta, RejectionCode.UNKNOWN_COMMAND, f"'{name}' is not a command that any aggregate handles", "unknown-command")
+            stream_id = aggregate.stream_id(command)
+
         skey = state_key(meta.tenant_id, stream_id)
         stored = load_state(skey) or {"version": 0, "state": None}
+        recent: list[list] = stored.get("recent", [])
+        for command_id, first in recent:
+            if command_id == meta.command_id:  # a retry: answer as the first time, change nothing
+                return Outcome(result=parse_result_dict(first), replayed=True)
+
         version = stored["version"]
-        if meta.expected_version is not None and meta.expected_version != version:
-            return self._reject(
-                meta,
-                RejectionCode.WRONG_EXPECTED_VERSION,
-                f"stream '{stream_id}' is at version {version}, the command expected {meta.expected_version}",
-                current_version=version,
-            )
         state = aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
-        related = {}
-        for name, (other, other_stream) in aggregate.related(command, state).items():
-            found = load_state(state_key(meta.tenant_id, other_stream))
-            related[name] = other.initial() if not found or found["state"] is None else other.load(found["state"])
-        decision = aggregate.decide(command, state, related)
+        if name == APPEND_EVENTS:
+            decision = self._appended_events(aggregate, command, meta, version)
+        elif meta.expected_version is not None and meta.expected_version != version:
+            decision = Rejection(
+                RejectionCode.WRONG_EXPECTED_VERSION, f"stream '{stream_id}' is at version {version}, the command expected {meta.expected_version}"
+            )
+        else:
+            related = {}
+            for label, (other, other_stream) in aggregate.related(command, state).items():
+                found = load_state(state_key(meta.tenant_id, other_stream))
+                related[label] = other.initial() if not found or found["state"] is None else other.load(found["state"])
+            decision = aggregate.decide(command, state, related)
         if isinstance(decision, Rejection):
-            return self._reject(meta, decision.code, decision.message, current_version=version)
+            outcome = self._reject(meta, decision.code, decision.message, current_version=version)
+            outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result)}
+            return outcome
 
         now = self.clock()
         appended, refs = [], []
@@ -126,12 +156,37 @@ class CommandProcessor:
             )
             appended.append(AppendedEvent(body, schema_headers + event_meta.to_headers()))
             refs.append(EventRef(type=event.type, version=version, event_id=event_meta.event_id))
+        result = CommandAccepted(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
+        dumped = aggregate.dump(state)
+        snapshot = None
+        if version // SNAPSHOT_EVERY > stored["version"] // SNAPSHOT_EVERY:
+            snapshot = Snapshot(tenant_id=meta.tenant_id, stream_id=stream_id, aggregate=aggregate.name, version=version, state=dumped, taken_at=now)
         return Outcome(
-            result=CommandAccepted(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs),
+            result=result,
             events=appended,
             state_key=skey,
-            new_state={"version": version, "state": aggregate.dump(state)},
+            new_state={"version": version, "state": dumped, "recent": _remember(recent, meta.command_id, result)},
+            snapshot=snapshot,
         )
+
+    def _appended_events(self, aggregate: Aggregate, command: Command, meta: CommandMeta, version: int) -> list[Event] | Rejection:
+        """The events of an AppendEvents command, checked like any other write."""
+        if meta.expected_version is None:
+            return Rejection(RejectionCode.VALIDATION_FAILED, "AppendEvents needs an expected_version")
+        if meta.expected_version != version:
+            return Rejection(
+                RejectionCode.WRONG_EXPECTED_VERSION, f"stream '{command.data['stream_id']}' is at version {version}, the append expected {meta.expected_version}"
+            )
+        events = []
+        for item in command.data["events"]:
+            if item["type"] not in aggregate.events:
+                return Rejection(RejectionCode.VALIDATION_FAILED, f"{item['type']} is not an event of the {aggregate.name} aggregate")
+            try:
+                data = json.loads(item["data_json"])
+                events.append(Event(item["type"], self.registry.validate(item["type"], data).model_dump()))
+            except (ValueError, SchemaError) as exc:
+                return Rejection(RejectionCode.VALIDATION_FAILED, f"{item['type']}: {exc}")
+        return events
 
     @staticmethod
     def _reject(

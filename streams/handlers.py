@@ -2,8 +2,9 @@
 
 For each command it reads the aggregate from the ``aggregates`` table, lets the pure core
 decide, then, inside the same Kafka transaction (exactly once), appends the events, updates
-the table, answers on the results topic and, for malformed input, keeps the original bytes
-on the dead-letter topic with the reason.
+the table, writes a snapshot every ``SNAPSHOT_EVERY`` versions, answers on the results topic
+and, for malformed input, keeps the original bytes on the dead-letter topic with the reason.
+A retried command id gets its first answer again and writes nothing else.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import faust
 from schemas import default_registry
 from streams.app import agent_tables, app, settings, topology
 from streams.command_processor import CommandProcessor, Outcome
-from streams.messages import ERROR_HEADER, REASON_HEADER
+from streams.domain import AGGREGATES
+from streams.messages import ERROR_HEADER, REASON_HEADER, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ commands_topic = _topic(COMMANDS)
 events_topic = _topic(EVENTS)
 results_topic = _topic(RESULTS)
 deadletter_topic = _topic(DEADLETTER)
+snapshot_topics = {aggregate.name: _topic(Snapshot.topic_for(aggregate.name)) for aggregate in AGGREGATES}
 
 aggregates = app.Table(
     "aggregates",
@@ -52,6 +55,9 @@ async def _write(outcome: Outcome, key: bytes | None, value: bytes | None, heade
         aggregates[outcome.state_key.encode()] = outcome.new_state
     for event in outcome.events:
         await events_topic.send(key=tenant_key, value=event.value, headers=event.headers)
+    if outcome.snapshot is not None:
+        snapshot = outcome.snapshot
+        await snapshot_topics[snapshot.aggregate].send(key=snapshot.key, value=snapshot.model_dump_json().encode())
     if outcome.dead_letter is not None:
         reasons = [(REASON_HEADER, outcome.dead_letter.encode()), (ERROR_HEADER, (outcome.error or "").encode()[:4000])]
         await deadletter_topic.send(key=key, value=value, headers=list(headers) + reasons)

@@ -119,3 +119,29 @@ _RESULT = TypeAdapter(CommandResult)
 def parse_result(raw: bytes) -> CommandAccepted | CommandRejected:
     """Read a result from the results topic."""
     return _RESULT.validate_json(raw)
+
+
+def parse_result_dict(data: Mapping[str, Any]) -> CommandAccepted | CommandRejected:
+    """A result from its JSON-compatible dict (as kept for retries in the aggregates table)."""
+    return _RESULT.validate_python(data)
+
+
+class Snapshot(BaseModel):
+    """A stream's state at ``version``, kept (compacted) in the snapshots topic of its aggregate."""
+
+    tenant_id: str
+    stream_id: str
+    aggregate: str
+    version: int
+    state: dict[str, Any]
+    taken_at: datetime
+
+    @property
+    def key(self) -> bytes:
+        """The compaction key: one snapshot per tenant and stream survives."""
+        return f"{self.tenant_id}/{self.stream_id}".encode()
+
+    @staticmethod
+    def topic_for(aggregate: str) -> str:
+        """The snapshots topic of an aggregate type (``snapshots.agent``...)."""
+        return f"snapshots.{aggregate.lower()}"

@@ -2,10 +2,11 @@
 
 from streams.domain.agents import AGENT
 from streams.domain.core import Aggregate, Command, Event, Rejection, RejectionCode, replay
+from streams.domain.tasks import TASK
 from streams.domain.tenants import TENANT
 
 #: Every aggregate the command handler knows.
-AGGREGATES: tuple[Aggregate, ...] = (AGENT, TENANT)
+AGGREGATES: tuple[Aggregate, ...] = (AGENT, TENANT, TASK)
 
 
 def aggregate_for(command_type: str) -> Aggregate | None:
@@ -16,4 +17,21 @@ def aggregate_for(command_type: str) -> Aggregate | None:
     return None
 
 
-__all__ = ["AGGREGATES", "Aggregate", "Command", "Event", "Rejection", "RejectionCode", "aggregate_for", "replay"]
+def aggregate_for_stream(stream_id: str) -> Aggregate | None:
+    """The aggregate whose streams include ``stream_id`` (None when none does).
+
+    A ``stream_prefix`` ending in ``-`` matches ids that start with it and name something
+    (``agent-a1``, ``task-t1``); any other prefix must equal the id (``tenant``).
+    """
+    for aggregate in AGGREGATES:
+        prefix = aggregate.stream_prefix
+        if not prefix:
+            continue
+        if prefix.endswith("-") and stream_id.startswith(prefix) and len(stream_id) > len(prefix):
+            return aggregate
+        if not prefix.endswith("-") and stream_id == prefix:
+            return aggregate
+    return None
+
+
+__all__ = ["AGENT", "AGGREGATES", "TASK", "TENANT", "Aggregate", "Command", "Event", "Rejection", "RejectionCode", "aggregate_for", "aggregate_for_stream", "replay"]

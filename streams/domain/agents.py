@@ -79,6 +79,8 @@ def evolve(state: AgentState, event: Event) -> AgentState:
 AGENT = Aggregate[AgentState](
     name="Agent",
     commands=frozenset({"CreateAgent", "ConfigureAgent", "StartAgent", "StopAgent"}),
+    events=frozenset({"AgentCreated", "AgentConfigured", "AgentStarted", "AgentStopped"}),
+    stream_prefix="agent-",
     stream_id=stream_id,
     initial=AgentState,
     decide=decide,

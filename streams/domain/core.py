@@ -63,6 +63,10 @@ class Aggregate(Generic[S]):
     initial: Callable[[], S]
     decide: Callable[[Command, S, Mapping[str, Any]], "list[Event] | Rejection"]
     evolve: Callable[[S, Event], S]
+    #: The event types ``evolve`` understands (what the event store may append to its streams).
+    events: frozenset[str] = frozenset()
+    #: Stream ids of this aggregate start with this (``agent-``, ``task-``; ``tenant`` is exact).
+    stream_prefix: str = ""
     #: Other streams whose state ``decide`` reads: name -> (aggregate, stream id).
     related: Callable[[Command, S], Mapping[str, "tuple[Aggregate, str]"]] = field(default=lambda command, state: {})
     dump: Callable[[S], dict] = field(default=lambda s: dict(s))  # type: ignore[arg-type]

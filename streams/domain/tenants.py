@@ -73,6 +73,8 @@ def evolve(state: TenantState, event: Event) -> TenantState:
 TENANT = Aggregate[TenantState](
     name="Tenant",
     commands=frozenset({"CreateTenant", "ConfigureTenant", "UpdateSecurityPolicy", "GrantAccess", "RevokeAccess"}),
+    events=frozenset({"TenantCreated", "TenantConfigured", "SecurityPolicyUpdated", "AccessGranted", "AccessRevoked"}),
+    stream_prefix="tenant",
     stream_id=stream_id,
     initial=TenantState,
     decide=decide,

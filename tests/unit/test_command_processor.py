@@ -61,7 +61,10 @@ def test_invariants_and_versions_are_rejections_without_dead_letters(proc):
     assert stale.result.code == "WrongExpectedVersion" and stale.result.current_version == 1
     missing = proc.process(*message("StopAgent", {"agent_id": "zz"}, cid="c4"), store.get)
     assert missing.result.code == "NotFound"
-    assert all(o.dead_letter is None and not o.events and o.state_key is None for o in (again, stale, missing))
+    assert all(o.dead_letter is None and not o.events for o in (again, stale, missing))
+    # a rejection changes no state; it is only remembered, to answer a retry the same way
+    assert all(o.new_state["version"] == store.get(o.state_key, {"version": 0})["version"] for o in (again, stale, missing))
+    assert again.new_state["state"] == store["acme/agent-a1"]["state"]
 
 
 def test_tenants_do_not_share_state(proc):
@@ -112,3 +115,49 @@ def test_a_failing_decider_is_a_handler_error_not_a_crash(proc):
 
     out = proc.process(*message("StartAgent", {"agent_id": "a1"}), broken_store)
     assert out.result.code == "HandlerFailed" and out.dead_letter == "handler-error"
+
+
+def test_a_repeated_command_id_is_answered_with_its_first_outcome_and_appends_nothing(proc):
+    store = Store()
+    first = store.apply(proc.process(*message("CreateAgent", CREATE, cid="same"), store.get))
+    retry = store.apply(proc.process(*message("CreateAgent", CREATE, cid="same"), store.get))
+    assert retry.replayed and retry.result == first.result and not retry.events and retry.state_key is None
+    refused = store.apply(proc.process(*message("StopAgent", {"agent_id": "a1"}, cid="stop"), store.get))
+    store.apply(proc.process(*message("StartAgent", {"agent_id": "a1"}, cid="start"), store.get))
+    again = proc.process(*message("StopAgent", {"agent_id": "a1"}, cid="stop"), store.get)
+    assert again.replayed and again.result == refused.result  # still the first answer, though it would now succeed
+
+
+def test_append_events_is_version_checked_and_validated(proc):
+    import json
+
+    store = Store()
+    store.apply(proc.process(*message("CreateAgent", CREATE), store.get))
+    append = {"stream_id": "agent-a1", "events": [{"type": "AgentConfigured", "data_json": json.dumps({"agent_id": "a1", "config": {"k": "v"}})}]}
+    ok = store.apply(proc.process(*message("AppendEvents", append, cid="ap1", expected=1), store.get))
+    assert isinstance(ok.result, CommandAccepted) and ok.result.new_version == 2
+    assert store["acme/agent-a1"]["state"]["config"] == {"k": "v"}
+    stale = proc.process(*message("AppendEvents", append, cid="ap2", expected=1), store.get)
+    assert stale.result.code == "WrongExpectedVersion"
+    unversioned = proc.process(*message("AppendEvents", append, cid="ap3"), store.get)
+    assert unversioned.result.code == "ValidationFailed" and "expected_version" in unversioned.result.message
+    foreign = {"stream_id": "agent-a1", "events": [{"type": "TenantCreated", "data_json": "{}"}]}
+    assert proc.process(*message("AppendEvents", foreign, cid="ap4", expected=2), store.get).result.code == "ValidationFailed"
+    bad = {"stream_id": "agent-a1", "events": [{"type": "AgentConfigured", "data_json": '{"agent_id": 1}'}]}
+    assert proc.process(*message("AppendEvents", bad, cid="ap5", expected=2), store.get).result.code == "ValidationFailed"
+    nowhere = {"stream_id": "rocket-1", "events": []}
+    assert proc.process(*message("AppendEvents", nowhere, cid="ap6", expected=0), store.get).dead_letter == "unknown-stream"
+
+
+def test_a_snapshot_is_taken_when_the_version_crosses_the_interval(proc):
+    from streams.command_processor import SNAPSHOT_EVERY
+
+    store = Store()
+    store.apply(proc.process(*message("CreateAgent", CREATE), store.get))
+    snapshots = []
+    for i in range(SNAPSHOT_EVERY + 1):
+        out = store.apply(proc.process(*message("ConfigureAgent", {"agent_id": "a1", "config": {"n": str(i)}}, cid=f"cfg{i}"), store.get))
+        if out.snapshot:
+            snapshots.append(out.snapshot)
+    assert [s.version for s in snapshots] == [SNAPSHOT_EVERY]
+    assert snapshots[0].stream_id == "agent-a1" and snapshots[0].state["config"] == {"n": str(SNAPSHOT_EVERY - 2)}

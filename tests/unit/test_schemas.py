@@ -26,6 +26,7 @@ from schemas import (
 COMMANDS = [
     "CreateAgent", "ConfigureAgent", "StartAgent", "StopAgent", "AssignTask", "CompleteTask",
     "FailTask", "CreateTenant", "ConfigureTenant", "UpdateSecurityPolicy", "GrantAccess", "RevokeAccess",
+    "AppendEvents",
 ]
 EVENTS = [
     "AgentCreated", "AgentConfigured", "AgentStarted", "AgentStopped", "TaskAssigned", "TaskCompleted",
@@ -35,6 +36,7 @@ EVENTS = [
 METADATA_FIELDS = {"tenant_id", "command_id", "event_id", "expected_version", "stream_id", "event_version"}
 
 PAYLOADS: dict[str, dict[str, Any]] = {
+    "AppendEvents": {"stream_id": "agent-a-1", "events": [{"type": "AgentStarted", "data_json": '{"agent_id": "a-1"}'}]},
     "CreateAgent": {"agent_id": "a-1", "name": "Summariser", "agent_type": "llm", "region": "us-east-1",
                     "capabilities": ["summarise", "translate"], "config": {"model": "small"}},
     "ConfigureAgent": {"agent_id": "a-1", "config": {"temperature": "0.2"}},
@@ -54,7 +56,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "AgentStarted": {"agent_id": "a-1"},
     "AgentStopped": {"agent_id": "a-1", "reason": None},
     "TaskAssigned": {"task_id": "t-1", "agent_id": "a-1", "task_type": "summarise", "input": {}},
-    "TaskCompleted": {"task_id": "t-1", "agent_id": "a-1", "output": {"summary": "ok"}, "cost": 0.25},
+    "TaskCompleted": {"task_id": "t-1", "agent_id": "a-1", "output": {"summary": "ok"}, "cost": 0.25, "duration_s": 1.5},
     "TaskFailed": {"task_id": "t-1", "agent_id": "a-1", "error": "timeout", "cost": 0.0},
     "TenantCreated": {"name": "Acme", "region": "eu-west-1", "plan": "enterprise"},
     "TenantConfigured": {"settings": {"max_agents": "10"}},
@@ -96,7 +98,8 @@ def test_every_file_loads_and_matches_its_filename(reg: SchemaRegistry) -> None:
         assert raw.get("doc")
         for f in raw["fields"]:
             assert f.get("doc"), f"{path.name}: field {f['name']} has no doc"
-            assert f["name"] not in METADATA_FIELDS, f"{path.name}: metadata field {f['name']} in payload"
+            if sv.name != "AppendEvents":  # the event store's append names its target stream
+                assert f["name"] not in METADATA_FIELDS, f"{path.name}: metadata field {f['name']} in payload"
 
 
 def test_all_commands_and_events_exist(reg: SchemaRegistry) -> None:
@@ -302,3 +305,100 @@ def test_models_are_pydantic(reg: SchemaRegistry) -> None:
     for name in reg.names():
         assert issubclass(reg.model(name), BaseModel)
         assert reg.model(name).model_config.get("extra") == "forbid"
+
+
+# ------------------------------------------------------------------ upcasters (semantic versioning)
+from schemas.upcasters import UPCASTERS, Upcaster, Upcasters, upcast  # noqa: E402
+
+
+def test_task_completed_versions(reg: SchemaRegistry) -> None:
+    assert [v.version for v in reg.versions("TaskCompleted")] == [1, 2]
+    assert "duration_ms" in reg.model("TaskCompleted", 1).model_fields
+    assert "duration_ms" not in reg.model("TaskCompleted").model_fields
+    assert reg.model("TaskCompleted").model_fields["duration_s"].default == 0.0
+
+
+def test_task_completed_v1_is_upcast_to_v2(reg: SchemaRegistry) -> None:
+    v1 = {"task_id": "t-1", "agent_id": "a-1", "output": {"summary": "ok"}, "cost": 0.25, "duration_ms": 1500}
+    value, headers = reg.encode("TaskCompleted", v1, version=1)
+    assert dict(headers)[VERSION_HEADER] == b"1"
+    name, event = reg.decode(value, headers)
+    assert name == "TaskCompleted"
+    assert isinstance(event, reg.model("TaskCompleted"))
+    assert event.duration_s == 1.5  # type: ignore[attr-defined]
+    assert event.model_dump() == {"task_id": "t-1", "agent_id": "a-1", "output": {"summary": "ok"}, "cost": 0.25, "duration_s": 1.5}
+    # v1 written without a duration: the default 0 ms becomes 0.0 s
+    value, headers = reg.encode("TaskCompleted", {"task_id": "t-2", "agent_id": "a-1"}, version=1)
+    assert reg.decode(value, headers)[1].duration_s == 0.0  # type: ignore[attr-defined]
+
+
+def test_plain_resolution_alone_would_lose_the_duration(reg: SchemaRegistry) -> None:
+    """Why the upcaster exists: Avro resolution v1 -> v2 drops duration_ms and defaults duration_s."""
+    import io
+
+    import fastavro
+
+    value, _ = reg.encode("TaskCompleted", {"task_id": "t", "agent_id": "a", "duration_ms": 1500}, version=1)
+    resolved = fastavro.schemaless_reader(io.BytesIO(value), reg.get("TaskCompleted", 1).schema, reg.get("TaskCompleted").schema)
+    assert resolved["duration_s"] == 0.0 and "duration_ms" not in resolved
+
+
+def test_event_without_upcaster_uses_plain_resolution(reg: SchemaRegistry) -> None:
+    assert not UPCASTERS.has("AgentCreated", 1)
+    v1 = {"agent_id": "a-1", "name": "n", "agent_type": "llm", "region": "eu-west-1", "config": {}}
+    value, headers = reg.encode("AgentCreated", v1, version=1)
+    assert reg.decode(value, headers)[1].model_dump() == {**v1, "capabilities": []}
+
+
+def test_latest_version_is_never_upcast(reg: SchemaRegistry) -> None:
+    value, headers = reg.encode("TaskCompleted", {"task_id": "t", "agent_id": "a", "duration_s": 2.25})
+    assert reg.decode(value, headers)[1].duration_s == 2.25  # type: ignore[attr-defined]
+
+
+def test_check_still_passes_with_task_completed_v2(reg: SchemaRegistry) -> None:
+    assert reg.check() == []
+
+
+def test_upcast_function_and_chain() -> None:
+    assert upcast("TaskCompleted", 1, {"task_id": "t", "duration_ms": 250}) == {"task_id": "t", "duration_s": 0.25}
+    data = {"task_id": "t", "duration_ms": 250}
+    upcast("TaskCompleted", 1, data)
+    assert data == {"task_id": "t", "duration_ms": 250}  # input untouched
+    assert upcast("AgentCreated", 1, {"a": 1}) == {"a": 1}  # no chain: unchanged copy
+    chain = Upcasters([Upcaster("X", 1, 2, lambda d: {**d, "b": d["a"] * 2}), Upcaster("X", 2, 3, lambda d: {**d, "c": d["b"] + 1})])
+    assert chain.apply("X", 1, {"a": 1}) == (3, {"a": 1, "b": 2, "c": 3})
+    assert chain.apply("X", 1, {"a": 1}, to_version=2) == (2, {"a": 1, "b": 2})
+    assert chain.apply("X", 2, {"b": 5}) == (3, {"b": 5, "c": 6})
+    assert [u.to_version for u in chain.chain("X", 1)] == [2, 3]
+    with pytest.raises(ValueError):
+        chain.register(Upcaster("X", 1, 3, lambda d: d))
+    with pytest.raises(ValueError):
+        Upcaster("X", 2, 2, lambda d: d)
+
+
+def test_upcast_chain_then_additive_resolution(tmp_path: Path) -> None:
+    """v1 -(upcaster)-> v2 -(Avro resolution, additive)-> v3, all in one decode."""
+    _write(tmp_path, "events", "Timed", 1, [{"name": "ms", "type": "long", "doc": "ms", "default": 0}])
+    _write(tmp_path, "events", "Timed", 2, [{"name": "s", "type": "double", "doc": "s", "default": 0.0}])
+    _write(tmp_path, "events", "Timed", 3, [{"name": "s", "type": "double", "doc": "s", "default": 0.0},
+                                           {"name": "note", "type": "string", "doc": "n", "default": "-"}])
+    reg = SchemaRegistry.load(tmp_path)
+    reg.upcasters = Upcasters([Upcaster("Timed", 1, 2, lambda d: {"s": d["ms"] / 1000})])
+    assert reg.check() == []
+    value, headers = reg.encode("Timed", {"ms": 3000}, version=1)
+    assert reg.decode(value, headers)[1].model_dump() == {"s": 3.0, "note": "-"}
+    value, headers = reg.encode("Timed", {"s": 4.0}, version=2)  # no upcaster from v2: resolution only
+    assert reg.decode(value, headers)[1].model_dump() == {"s": 4.0, "note": "-"}
+
+
+def test_broken_upcaster_is_a_decode_error(tmp_path: Path) -> None:
+    _write(tmp_path, "events", "Timed", 1, [{"name": "ms", "type": "long", "doc": "ms", "default": 0}])
+    _write(tmp_path, "events", "Timed", 2, [{"name": "s", "type": "double", "doc": "s", "default": 0.0}])
+    reg = SchemaRegistry.load(tmp_path)
+    value, headers = reg.encode("Timed", {"ms": 1}, version=1)
+    reg.upcasters = Upcasters([Upcaster("Timed", 1, 2, lambda d: {"s": "not a number"})])
+    with pytest.raises(SchemaDecodeError, match="Timed"):
+        reg.decode(value, headers)
+    reg.upcasters = Upcasters([Upcaster("Timed", 1, 2, lambda d: 1 / 0)])
+    with pytest.raises(SchemaDecodeError, match="upcasting failed"):
+        reg.decode(value, headers)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from schemas import default_registry
 from streams.settings import REPO_ROOT
 from streams.topology import CodeView, Topology, TopologyError, load_topology, render_graph, validate
 
@@ -17,11 +18,8 @@ def code(**changes) -> CodeView:
     base = dict(
         agents={"command_handler": (["commands.platform"], ["aggregates"])},
         tables={"aggregates": 6},
-        schemas={"CreateAgent", "ConfigureAgent", "StartAgent", "StopAgent", "AssignTask", "CompleteTask", "FailTask", "CreateTenant",
-                 "ConfigureTenant", "UpdateSecurityPolicy", "GrantAccess", "RevokeAccess", "AgentCreated", "AgentConfigured", "AgentStarted",
-                 "AgentStopped", "TaskAssigned", "TaskCompleted", "TaskFailed", "TenantCreated", "TenantConfigured", "SecurityPolicyUpdated",
-                 "AccessGranted", "AccessRevoked", "BillingEvent"},
-    )  # fmt: skip
+        schemas=set(default_registry().names()),
+    )
     return CodeView(**{**base, **changes})
 
 

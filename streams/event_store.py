@@ -1,0 +1,192 @@
+"""The event store API over Kafka, as the plan names it.
+
+- ``append_events`` goes through the command handler (an ``AppendEvents`` command keyed by the
+  tenant), so the partition's single writer checks the expected version: there is no second
+  write path.
+- ``get_events`` reads the one partition that holds the tenant. Cost: without a snapshot it
+  scans that partition from its start (all tenants hashed there); ``from_version`` at or past
+  the stream's latest snapshot starts at the snapshot's time instead (``offsets_for_times``),
+  which bounds the scan to what came after the snapshot.
+- ``get_events_by_type`` starts every partition at ``offsets_for_times(from_timestamp)``.
+- ``create_snapshot``/``latest_snapshot`` use the compacted ``snapshots.<aggregate>`` topics;
+  ``load`` rehydrates a stream as snapshot + later events.
+
+Reads are ``read_committed``: aborted transactions are never seen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from connectors.kafka_config import aiokafka_config
+from schemas import SchemaError, SchemaRegistry, default_registry
+from streams.client import CommandClient
+from streams.command_processor import APPEND_EVENTS
+from streams.domain import Event, aggregate_for_stream, replay
+from streams.messages import CommandAccepted, CommandRejected, EnvelopeError, EventMeta, Snapshot, utcnow
+from streams.settings import Settings
+
+EVENTS_TOPIC = "events.platform"
+#: Margin before a snapshot's time when seeking by time (producer clocks are not the decider's).
+_SEEK_MARGIN = timedelta(seconds=5)
+
+
+class AppendRejected(RuntimeError):
+    """The append was refused (WrongExpectedVersion, ValidationFailed...): nothing was written."""
+
+    def __init__(self, rejection: CommandRejected) -> None:
+        super().__init__(f"{rejection.code}: {rejection.message}")
+        self.rejection = rejection
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """An event as read back from the store, with where it sits in Kafka."""
+
+    type: str
+    data: dict[str, Any]
+    meta: EventMeta
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+class EventStore:
+    """Append to and read from the ``events.platform`` topic, tenant by tenant."""
+
+    def __init__(self, settings: Settings, registry: SchemaRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or default_registry()
+
+    # -- writing ---------------------------------------------------------------------
+
+    async def append_events(self, tenant_id: str, stream_id: str, events: Sequence[Event], expected_version: int, timeout: float = 30.0) -> CommandAccepted:
+        """Append ``events`` to a stream at ``expected_version``; AppendRejected when refused."""
+        payload = {"stream_id": stream_id, "events": [{"type": e.type, "data_json": json.dumps(dict(e.data))} for e in events]}
+        async with CommandClient(self.settings, self.registry) as client:
+            outcome = await client.send(APPEND_EVENTS, tenant_id, payload, expected_version=expected_version, timeout=timeout)
+        if isinstance(outcome, CommandRejected):
+            raise AppendRejected(outcome)
+        assert isinstance(outcome, CommandAccepted)
+        return outcome
+
+    async def create_snapshot(self, tenant_id: str, stream_id: str, data: dict[str, Any], version: int) -> Snapshot:
+        """Record ``data`` as the stream's state at ``version`` (the latest snapshot per stream is kept)."""
+        aggregate = aggregate_for_stream(stream_id)
+        if aggregate is None:
+            raise ValueError(f"no aggregate owns stream '{stream_id}'")
+        snapshot = Snapshot(tenant_id=tenant_id, stream_id=stream_id, aggregate=aggregate.name, version=version, state=data, taken_at=utcnow())
+        producer = AIOKafkaProducer(**aiokafka_config(self.settings), acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            await producer.send_and_wait(Snapshot.topic_for(aggregate.name), key=snapshot.key, value=snapshot.model_dump_json().encode())
+        finally:
+            await producer.stop()
+        return snapshot
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def latest_snapshot(self, tenant_id: str, stream_id: str) -> Snapshot | None:
+        """The newest snapshot of a stream, or None. Scans the key's partition of a compacted topic."""
+        aggregate = aggregate_for_stream(stream_id)
+        if aggregate is None:
+            return None
+        key = f"{tenant_id}/{stream_id}".encode()
+        latest: Snapshot | None = None
+        async for record in self._scan(Snapshot.topic_for(aggregate.name), key=key):
+            if record.key == key:
+                candidate = Snapshot.model_validate_json(record.value)
+                if latest is None or candidate.version >= latest.version:
+                    latest = candidate
+        return latest
+
+    async def get_events(self, tenant_id: str, stream_id: str, from_version: int = 0) -> list[StoredEvent]:
+        """The events of one stream with version > ``from_version``, in version order."""
+        start_ms = None
+        snapshot = await self.latest_snapshot(tenant_id, stream_id) if from_version > 0 else None
+        if snapshot is not None and from_version >= snapshot.version:
+            start_ms = int((snapshot.taken_at - _SEEK_MARGIN).timestamp() * 1000)
+        events = [
+            e
+            async for e in self._events(key=tenant_id.encode(), start_ms=start_ms)
+            if e.meta.tenant_id == tenant_id and e.meta.stream_id == stream_id and e.meta.version > from_version
+        ]
+        return sorted(events, key=lambda e: e.meta.version)
+
+    async def get_events_by_type(self, event_types: Sequence[str], from_timestamp: datetime, tenant_id: str | None = None) -> list[StoredEvent]:
+        """Events of the given types appended at or after ``from_timestamp`` (one tenant's, if given)."""
+        wanted = set(event_types)
+        start_ms = int(from_timestamp.timestamp() * 1000)
+        return [
+            e
+            async for e in self._events(key=tenant_id.encode() if tenant_id else None, start_ms=start_ms, types=wanted)
+            if (tenant_id is None or e.meta.tenant_id == tenant_id) and e.timestamp_ms >= start_ms
+        ]
+
+    async def load(self, tenant_id: str, stream_id: str) -> tuple[Any, int]:
+        """A stream's current (state, version): its latest snapshot plus the events after it."""
+        aggregate = aggregate_for_stream(stream_id)
+        if aggregate is None:
+            raise ValueError(f"no aggregate owns stream '{stream_id}'")
+        snapshot = await self.latest_snapshot(tenant_id, stream_id)
+        base_version = snapshot.version if snapshot else 0
+        state = aggregate.load(snapshot.state) if snapshot else None
+        tail = await self.get_events(tenant_id, stream_id, from_version=base_version)
+        state = replay(aggregate, [Event(e.type, e.data) for e in tail], state)
+        return state, tail[-1].meta.version if tail else base_version
+
+    async def _events(self, key: bytes | None, start_ms: int | None, types: set[str] | None = None):
+        for_types = {t.encode() for t in types} if types else None
+        async for record in self._scan(EVENTS_TOPIC, key=key, start_ms=start_ms):
+            headers = dict(record.headers or [])
+            if for_types is not None and headers.get("agentstream.schema") not in for_types:
+                continue
+            try:
+                name, payload = self.registry.decode(record.value, record.headers)
+                meta = EventMeta.from_headers(record.headers)
+            except (SchemaError, EnvelopeError):
+                continue  # not an event of ours; the store only returns what it can read
+            yield StoredEvent(name, payload.model_dump(), meta, record.partition, record.offset, record.timestamp)
+
+    async def _scan(self, topic: str, key: bytes | None = None, start_ms: int | None = None):
+        """Every committed record of ``topic`` up to its end now (only the key's partition if given)."""
+        consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, isolation_level="read_committed")
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(topic)
+            if not partitions:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic) or set()
+            ordered = sorted(partitions)
+            if key is not None:
+                ordered = [DefaultPartitioner()(key, ordered, ordered)]
+            tps = [TopicPartition(topic, p) for p in ordered]
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            starts = await consumer.offsets_for_times({tp: start_ms for tp in tps}) if start_ms is not None else {}
+            for tp in tps:
+                found = starts.get(tp)
+                if found is not None:
+                    consumer.seek(tp, found.offset)
+                elif start_ms is not None:
+                    consumer.seek(tp, ends[tp])
+                else:
+                    await consumer.seek_to_beginning(tp)
+            pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+            while pending:
+                batch = await consumer.getmany(*pending, timeout_ms=1000)
+                for tp, records in batch.items():
+                    for record in records:
+                        if record.offset < ends[tp]:
+                            yield record
+                for tp in list(pending):
+                    if await consumer.position(tp) >= ends[tp]:
+                        pending.discard(tp)
+        finally:
+            await consumer.stop()
