@@ -107,7 +107,8 @@ class CommandProcessor:
             return self._reject(meta, RejectionCode.UNKNOWN_COMMAND, str(exc), "unknown-schema")
         except (SchemaDecodeError, SchemaValidationError, SchemaError) as exc:
             return self._reject(meta, RejectionCode.VALIDATION_FAILED, str(exc), "undecodable")
-        command = Command(name, payload.model_dump(), meta.tenant_id)
+        now = self.clock()
+        command = Command(name, payload.model_dump(), meta.tenant_id, at=now)
         if name == APPEND_EVENTS:
             aggregate = aggregate_for_stream(command.data["stream_id"])
             if aggregate is None:
@@ -145,7 +146,6 @@ class CommandProcessor:
             outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result)}
             return outcome
 
-        now = self.clock()
         appended, refs = [], []
         for event in decision:
             version += 1

@@ -268,3 +268,55 @@ def rebuild(
     rebuild swapped generations first.
     """
     return asyncio.run(rebuild_async(settings, from_timestamp, progress))
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """How far the read models are behind one partition of the events topic."""
+
+    partition: int
+    checkpoint: int  # -1: nothing applied yet
+    end_offset: int
+    #: Committed events after the checkpoint (offsets also count transaction markers, so they overstate it).
+    pending: int
+    #: False when counting stopped at the limit: ``pending`` is then a lower bound.
+    exact: bool = True
+
+
+async def lag_async(settings: Settings, max_count: int = 10_000) -> tuple[int | None, list[PartitionLag]]:
+    """The live generation and, per partition, its checkpoint against the events topic (read_committed)."""
+    r = async_redis_client(settings)
+    consumer = AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        partitions = await _partitions(consumer)
+        raw_gen = await r.get(pj.CURRENT_KEY)
+        gen = None if raw_gen is None else int(raw_gen)
+        checkpoints = await _live_checkpoints(r, gen, partitions) if gen is not None else {p: -1 for p in partitions}
+        tps = [TopicPartition(EVENTS_TOPIC, p) for p in partitions]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        out = []
+        for tp in tps:
+            cp, end = checkpoints[tp.partition], ends[tp]
+            pending, exact = 0, True
+            if end > cp + 1:  # count the committed records after the checkpoint
+                consumer.seek(tp, cp + 1)
+                while await consumer.position(tp) < end:
+                    batch = await consumer.getmany(tp, timeout_ms=1000)
+                    if not batch:
+                        break
+                    pending += sum(1 for rec in batch.get(tp, []) if rec.offset < end)
+                    if pending >= max_count:
+                        exact = False
+                        break
+            out.append(PartitionLag(tp.partition, cp, end, pending, exact))
+        return gen, out
+    finally:
+        await consumer.stop()
+        await r.aclose()
+
+
+def lag(settings: Settings, max_count: int = 10_000) -> tuple[int | None, list[PartitionLag]]:
+    """Synchronous :func:`lag_async`: the live generation (None if none yet) and the lag per partition."""
+    return asyncio.run(lag_async(settings, max_count))

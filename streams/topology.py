@@ -6,9 +6,10 @@ with a live cluster and applies it, and ``streams.cli.topology`` draws it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import ClassVar, Iterable, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -69,13 +70,50 @@ class SinkSpec(_Spec):
 
 
 class CubeSpec(_Spec):
-    """An analytics cube built in ClickHouse from a sink's facts."""
+    """An analytics cube built in ClickHouse from a sink's facts.
+
+    Dimensions are a subset of ``ALLOWED_DIMENSIONS`` and must include ``tenant`` and ``time``;
+    measures a subset of ``ALLOWED_MEASURES``; roll-ups a subset of minute/hour/day that
+    includes ``minute`` (fed from the facts, the coarser ones from it). A TTL of 0 days keeps
+    rows forever.
+    """
+
+    ALLOWED_DIMENSIONS: ClassVar[tuple[str, ...]] = ("tenant", "agent_type", "region", "agent_id", "time")
+    ALLOWED_MEASURES: ClassVar[tuple[str, ...]] = (
+        "task_count", "success_rate", "response_time_p50", "response_time_p95",
+        "response_time_p99", "response_time_mean", "cost",
+    )
+    ALLOWED_ROLLUPS: ClassVar[tuple[str, ...]] = ("minute", "hour", "day")
 
     name: str
     source: str
     dimensions: list[str]
     measures: list[str]
     description: str = ""
+    database: str = Field(default="agentstream", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    facts_table: str = Field(default="task_facts", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    ttl_days_raw: int = Field(default=90, ge=0, description="0 keeps rows forever")
+    ttl_days_minute: int = Field(default=30, ge=0)
+    ttl_days_hour: int = Field(default=365, ge=0)
+    ttl_days_day: int = Field(default=0, ge=0)
+    rollups: list[str] = Field(default_factory=lambda: ["minute", "hour", "day"])
+
+    @model_validator(mode="after")
+    def _known_names(self) -> "CubeSpec":
+        problems: list[str] = []
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
+            problems.append(f"cube name '{self.name}' must be an identifier (letters, digits, _)")
+        problems += [f"unknown dimension '{d}' (allowed: {', '.join(self.ALLOWED_DIMENSIONS)})" for d in self.dimensions if d not in self.ALLOWED_DIMENSIONS]
+        problems += [f"dimension '{d}' is required" for d in ("tenant", "time") if d not in self.dimensions]
+        problems += [f"unknown measure '{m}' (allowed: {', '.join(self.ALLOWED_MEASURES)})" for m in self.measures if m not in self.ALLOWED_MEASURES]
+        problems += [f"unknown roll-up '{r}' (allowed: {', '.join(self.ALLOWED_ROLLUPS)})" for r in self.rollups if r not in self.ALLOWED_ROLLUPS]
+        if "minute" not in self.rollups:
+            problems.append("roll-up 'minute' is required (it is fed from the facts)")
+        for kind, values in (("dimension", self.dimensions), ("measure", self.measures), ("roll-up", self.rollups)):
+            problems += [f"{kind} '{v}' is listed twice" for v in sorted({v for v in values if values.count(v) > 1})]
+        if problems:
+            raise ValueError(f"cube '{self.name}': " + "; ".join(problems))
+        return self
 
 
 class Topology(_Spec):

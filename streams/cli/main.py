@@ -10,6 +10,7 @@ from rich.table import Table
 from streams.cli.console import console, fail
 from streams.cli.demo import demo
 from streams.cli.dev_commands import dev
+from streams.cli.projection_commands import agents_cli, projections_cli
 from streams.cli.schema_commands import schemas_cli
 from streams.cli.topology_commands import topology_cli
 from streams.settings import get_settings
@@ -22,6 +23,8 @@ cli = typer.Typer(
 cli.add_typer(dev, name="dev")
 cli.add_typer(schemas_cli, name="schemas")
 cli.add_typer(topology_cli, name="topology")
+cli.add_typer(projections_cli, name="projections")
+cli.add_typer(agents_cli, name="agents")
 cli.command()(demo)
 
 

@@ -9,6 +9,7 @@ same tenant that the aggregate asked for (e.g. a task asks for its agent), read-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
@@ -43,6 +44,8 @@ class Command:
     type: str
     data: Mapping[str, Any]
     tenant_id: str = ""
+    #: When the shell decides the command: an input to the core (which reads no clock).
+    at: datetime | None = None
 
 
 @dataclass(frozen=True)

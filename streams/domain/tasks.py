@@ -6,8 +6,9 @@ Stream id ``task-<task_id>`` within the tenant. ``AssignTask`` reads the agent's
 Life cycle: ``absent --AssignTask--> assigned --CompleteTask--> completed``
                                          ``\\--FailTask-----> failed``
 
-Times are not the core's business: ``assigned_at`` stays ``None`` here and ``TaskCompleted``
-carries ``duration_s = 0.0``; the shell, which knows event timestamps, fills them in later.
+The core reads no clock: the shell passes the decision time as ``Command.at``. ``TaskAssigned``
+records it as ``assigned_at`` and ``TaskCompleted.duration_s`` is the time from assignment to
+completion (0.0 when either time is unknown).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ class TaskState(BaseModel):
     task_id: str = ""
     agent_id: str = ""
     task_type: str = ""
-    #: Set by the shell from event metadata when it knows it; the pure core never sets it.
     assigned_at: datetime | None = None
     cost: float = 0.0
     error: str | None = None
@@ -75,7 +75,7 @@ def decide(command: Command, state: TaskState, related: Mapping[str, Any] | None
         return [
             Event(
                 "TaskAssigned",
-                {"task_id": task_id, "agent_id": agent_id, "task_type": data["task_type"], "input": dict(data.get("input") or {})},
+                {"task_id": task_id, "agent_id": agent_id, "task_type": data["task_type"], "input": dict(data.get("input") or {}), "assigned_at": command.at},
             )
         ]
     if command.type not in ("CompleteTask", "FailTask"):
@@ -87,8 +87,8 @@ def decide(command: Command, state: TaskState, related: Mapping[str, Any] | None
     cost = float(data.get("cost", 0.0))
     if command.type == "CompleteTask":
         output = dict(data.get("output") or {})
-        # duration_s: the shell knows assignment/completion times; the core emits 0.0.
-        return [Event("TaskCompleted", {"task_id": task_id, "agent_id": state.agent_id, "output": output, "cost": cost, "duration_s": 0.0})]
+        duration = (command.at - state.assigned_at).total_seconds() if command.at and state.assigned_at else 0.0
+        return [Event("TaskCompleted", {"task_id": task_id, "agent_id": state.agent_id, "output": output, "cost": cost, "duration_s": duration})]
     return [Event("TaskFailed", {"task_id": task_id, "agent_id": state.agent_id, "error": data["error"], "cost": cost})]
 
 
@@ -96,7 +96,9 @@ def evolve(state: TaskState, event: Event) -> TaskState:
     """The task after ``event`` (unknown event types leave it unchanged)."""
     data = event.data
     if event.type == "TaskAssigned":
-        return TaskState(status="assigned", task_id=data["task_id"], agent_id=data["agent_id"], task_type=data["task_type"])
+        return TaskState(
+            status="assigned", task_id=data["task_id"], agent_id=data["agent_id"], task_type=data["task_type"], assigned_at=data.get("assigned_at")
+        )
     if event.type == "TaskCompleted":
         return state.model_copy(update={"status": "completed", "cost": float(data.get("cost", 0.0))})
     if event.type == "TaskFailed":

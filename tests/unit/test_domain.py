@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -40,10 +41,10 @@ class Harness:
         key = (tenant, stream)
         return self._load(self.aggregate_of[key], key)
 
-    def handle(self, kind: str, data: dict[str, Any], tenant: str = "acme") -> list[Event] | Rejection:
+    def handle(self, kind: str, data: dict[str, Any], tenant: str = "acme", at: datetime | None = None) -> list[Event] | Rejection:
         """Validate like the processor (schema defaults filled in), decide, then append and store."""
         payload = REG.validate(kind, data).model_dump()
-        command = Command(kind, payload, tenant)
+        command = Command(kind, payload, tenant, at=at)
         aggregate = aggregate_for(kind)
         assert aggregate is not None
         key = (tenant, aggregate.stream_id(command))
@@ -165,12 +166,13 @@ def test_task_stream_id_and_related() -> None:
 def test_assign_then_complete() -> None:
     h = Harness()
     running_agent(h)
-    events = h.handle("AssignTask", {"task_id": "t1", "agent_id": "a1", "task_type": "summarise", "input": {"doc": "d"}})
-    assert events == [Event("TaskAssigned", {"task_id": "t1", "agent_id": "a1", "task_type": "summarise", "input": {"doc": "d"}})]
+    t0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
+    events = h.handle("AssignTask", {"task_id": "t1", "agent_id": "a1", "task_type": "summarise", "input": {"doc": "d"}}, at=t0)
+    assert events == [Event("TaskAssigned", {"task_id": "t1", "agent_id": "a1", "task_type": "summarise", "input": {"doc": "d"}, "assigned_at": t0})]
     state = h.state("acme", "task-t1")
-    assert (state.status, state.agent_id, state.task_type, state.assigned_at) == ("assigned", "a1", "summarise", None)
-    events = h.handle("CompleteTask", {"task_id": "t1", "output": {"s": "ok"}, "cost": 0.5})
-    assert events == [Event("TaskCompleted", {"task_id": "t1", "agent_id": "a1", "output": {"s": "ok"}, "cost": 0.5, "duration_s": 0.0})]
+    assert (state.status, state.agent_id, state.task_type, state.assigned_at) == ("assigned", "a1", "summarise", t0)
+    events = h.handle("CompleteTask", {"task_id": "t1", "output": {"s": "ok"}, "cost": 0.5}, at=t0 + timedelta(seconds=90))
+    assert events == [Event("TaskCompleted", {"task_id": "t1", "agent_id": "a1", "output": {"s": "ok"}, "cost": 0.5, "duration_s": 90.0})]
     state = h.state("acme", "task-t1")
     assert (state.status, state.cost) == ("completed", 0.5)
 

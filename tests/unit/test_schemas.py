@@ -55,7 +55,7 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "AgentConfigured": {"agent_id": "a-1", "config": {"temperature": "0.2"}},
     "AgentStarted": {"agent_id": "a-1"},
     "AgentStopped": {"agent_id": "a-1", "reason": None},
-    "TaskAssigned": {"task_id": "t-1", "agent_id": "a-1", "task_type": "summarise", "input": {}},
+    "TaskAssigned": {"task_id": "t-1", "agent_id": "a-1", "task_type": "summarise", "input": {}, "assigned_at": None},
     "TaskCompleted": {"task_id": "t-1", "agent_id": "a-1", "output": {"summary": "ok"}, "cost": 0.25, "duration_s": 1.5},
     "TaskFailed": {"task_id": "t-1", "agent_id": "a-1", "error": "timeout", "cost": 0.0},
     "TenantCreated": {"name": "Acme", "region": "eu-west-1", "plan": "enterprise"},

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from schemas import default_registry
 from streams.settings import REPO_ROOT
 from streams.topology import CodeView, Topology, TopologyError, load_topology, render_graph, validate
 
@@ -15,11 +14,11 @@ REAL = REPO_ROOT / "topology.yaml"
 
 
 def code(**changes) -> CodeView:
-    base = dict(
-        agents={"command_handler": (["commands.platform"], ["aggregates"])},
-        tables={"aggregates": 6},
-        schemas=set(default_registry().names()),
-    )
+    """The real code's view, with some parts replaced."""
+    from streams.worker import code_view
+
+    real = code_view()
+    base = dict(agents=real.agents, tables=real.tables, schemas=real.schemas)
     return CodeView(**{**base, **changes})
 
 
@@ -47,7 +46,8 @@ def test_tables_must_be_copartitioned_with_their_source():
 
 
 def test_agent_inputs_must_match_the_code():
-    problems = validate(load_topology(REAL), code(agents={"command_handler": (["commands.other"], ["aggregates"])}))
+    agents = {**code().agents, "command_handler": (["commands.other"], ["aggregates"])}
+    problems = validate(load_topology(REAL), code(agents=agents))
     assert "consumes ['commands.other']" in str(problems[0])
 
 
