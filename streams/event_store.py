@@ -17,6 +17,7 @@ Reads are ``read_committed``: aborted transactions are never seen.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Sequence
@@ -154,8 +155,14 @@ class EventStore:
                 continue  # not an event of ours; the store only returns what it can read
             yield StoredEvent(name, payload.model_dump(), meta, record.partition, record.offset, record.timestamp)
 
-    async def _scan(self, topic: str, key: bytes | None = None, start_ms: int | None = None):
-        """Every committed record of ``topic`` up to its end now (only the key's partition if given)."""
+    async def _scan(self, topic: str, key: bytes | None = None, start_ms: int | None = None, settle_s: float = 5.0):
+        """Every committed record of ``topic`` up to its end now (only the key's partition if given).
+
+        "Its end now" is the high watermark when the scan starts, so whatever was acknowledged
+        before the call is read (Kafka writes a transaction's commit markers to each partition
+        shortly after the commit returns). Records still in an open transaction after
+        ``settle_s`` are left out.
+        """
         consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, isolation_level="read_committed")
         await consumer.start()
         try:
@@ -168,7 +175,7 @@ class EventStore:
                 ordered = [DefaultPartitioner()(key, ordered, ordered)]
             tps = [TopicPartition(topic, p) for p in ordered]
             consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
+            ends = await self._high_watermarks(tps)
             starts = await consumer.offsets_for_times({tp: start_ms for tp in tps}) if start_ms is not None else {}
             for tp in tps:
                 found = starts.get(tp)
@@ -179,8 +186,11 @@ class EventStore:
                 else:
                     await consumer.seek_to_beginning(tp)
             pending = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
-            while pending:
-                batch = await consumer.getmany(*pending, timeout_ms=1000)
+            idle_until = time.monotonic() + settle_s
+            while pending and time.monotonic() < idle_until:
+                batch = await consumer.getmany(*pending, timeout_ms=200)
+                if batch:
+                    idle_until = time.monotonic() + settle_s
                 for tp, records in batch.items():
                     for record in records:
                         if record.offset < ends[tp]:
@@ -188,5 +198,13 @@ class EventStore:
                 for tp in list(pending):
                     if await consumer.position(tp) >= ends[tp]:
                         pending.discard(tp)
+        finally:
+            await consumer.stop()
+
+    async def _high_watermarks(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, isolation_level="read_uncommitted")
+        await consumer.start()
+        try:
+            return await consumer.end_offsets(tps)
         finally:
             await consumer.stop()

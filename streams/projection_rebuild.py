@@ -234,6 +234,7 @@ async def rebuild_async(
                 except WatchError:  # the live agent applied an event meanwhile: catch up again
                     continue
 
+        progress(building.replayed, building.replayed)
         report.keys_deleted = await delete_generation(r, old)
         report.events_replayed = building.replayed
         report.events_rejected = building.rejected
@@ -255,8 +256,9 @@ def rebuild(
     Replays ``events.platform`` (read_committed, no consumer group) into generation
     ``rm:{live+1}``, catches up with the live ``projector`` agent, swaps ``rm:current`` to the
     new generation atomically and deletes the old generation's keys. Works with or without a
-    running worker. ``progress(done, total)`` is called as events are replayed (``total`` is
-    the number of events at the start, and grows if the live topic moved on meanwhile).
+    running worker. ``progress(done, total)`` is called as events are replayed; ``total`` is
+    estimated from offsets at the start (transaction markers make it a little high; it grows if
+    the live topic moves on meanwhile) and equals ``done`` in the last call.
 
     ``from_timestamp``: start from the first event at or after that instant in every
     partition (``offsets_for_times``) instead of from the beginning. The models are then built

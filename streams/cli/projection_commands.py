@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,14 +12,17 @@ from rich.table import Table
 from streams.cli.console import console, fail
 from streams.settings import get_settings
 
+if TYPE_CHECKING:
+    import redis
+
 projections_cli = typer.Typer(help="Inspect and rebuild the read models (Redis projections of events.platform).", no_args_is_help=True)
 agents_cli = typer.Typer(help="Query the agent read models of one tenant.", no_args_is_help=True)
 
 TenantOption = typer.Option(..., "--tenant", "-t", help="Tenant id: queries never cross tenants.")
 
 
-def _redis():  # noqa: ANN202 - imported lazily so that `agentstream --help` stays fast
-    from connectors.redis_store import redis_client
+def _redis() -> "redis.Redis":
+    from connectors.redis_store import redis_client  # lazily: `agentstream --help` stays fast
 
     return redis_client(get_settings())
 
@@ -59,7 +63,7 @@ def status() -> None:
         table.add_row(str(row.partition), "-" if row.checkpoint < 0 else str(row.checkpoint), str(row.end_offset), f"[{style}]{pending}[/]")
     console.print(table)
     total = sum(r.pending for r in rows)
-    console.print(f"[green]up to date[/]" if total == 0 else f"[yellow]{total} event(s) not yet projected[/]")
+    console.print("[green]up to date[/]" if total == 0 else f"[yellow]{total} event(s) not yet projected[/]")
 
 
 @projections_cli.command()

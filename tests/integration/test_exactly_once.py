@@ -1,0 +1,104 @@
+"""Exactly once under crashes: SIGKILL a worker mid-stream, restart it, audit the event store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from connectors.kafka_config import aiokafka_config
+from schemas import default_registry
+from streams.client import CommandClient
+from streams.messages import CommandAccepted, CommandMeta, parse_result
+from streams.supervisor import WorkerProcess
+from tests.helpers import headers_of, read_topic, tenant
+
+pytestmark = pytest.mark.integration
+
+TENANTS = 12
+CONFIGURES = 250  # per tenant: 12 x (1 create + 250 configures) = 3,012 commands
+
+
+def _commands(tenants: list[str]) -> list[tuple[str, str, dict, str]]:
+    """(tenant, type, payload, command id), interleaved across tenants as real traffic is."""
+    out = [(t, "CreateAgent", {"agent_id": "bot", "name": "Bot", "agent_type": "llm"}, f"{t}-create") for t in tenants]
+    for i in range(CONFIGURES):
+        out += [(t, "ConfigureAgent", {"agent_id": "bot", "config": {"step": str(i)}}, f"{t}-cfg-{i}") for t in tenants]
+    return out
+
+
+async def _produce(settings, commands, retry_every: int) -> None:
+    """Produce every command (and re-send every Nth one, as a client retry would)."""
+    registry = default_registry()
+    producer = AIOKafkaProducer(**aiokafka_config(settings), acks="all", enable_idempotence=True, linger_ms=5)
+    await producer.start()
+    try:
+        for n, (t, kind, data, cid) in enumerate(commands):
+            value, headers = registry.encode(kind, data)
+            headers += CommandMeta(command_id=cid, tenant_id=t).to_headers()
+            copies = 2 if n % retry_every == 0 else 1
+            for _ in range(copies):
+                await producer.send("commands.platform", key=t.encode(), value=value, headers=headers)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def _results(settings, wanted: set[str]) -> dict[str, list]:
+    found: dict[str, list] = defaultdict(list)
+    for record in read_topic(settings, "results.commands"):
+        cid = record.key.decode()
+        if cid in wanted:
+            found[cid].append(parse_result(record.value))
+    return found
+
+
+def test_sigkill_mid_stream_then_restart_keeps_exactly_one_event_set_per_command(worker, applied, tmp_path):
+    tenants = [tenant() for _ in range(TENANTS)]
+    commands = _commands(tenants)
+    ids = {cid for *_, cid in commands}
+    # A second worker shares the partitions with the session worker; it is the one killed.
+    env = {"AGENTSTREAM_WEB_PORT": str(applied.web_port + 1)}
+    victim = WorkerProcess(tmp_path / "victim.log", env=env).start()
+    time.sleep(12)  # let it join the group and take partitions before the load starts
+    try:
+        asyncio.run(_produce(applied, commands, retry_every=97))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_results(applied, ids)) < len(ids) // 3:
+            time.sleep(0.5)
+        victim.kill()  # SIGKILL: no commit, no leaving the group
+        restarted = WorkerProcess(tmp_path / "victim.log", env=env).start()
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                results = _results(applied, ids)
+                if len(results) == len(ids):
+                    break
+                time.sleep(2)
+        finally:
+            restarted.stop()
+    finally:
+        victim.kill()
+
+    results = _results(applied, ids)
+    assert len(results) == len(ids), f"{len(ids) - len(results)} commands never answered\n{victim.log_tail()}"
+    firsts = {cid: outcomes[0] for cid, outcomes in results.items()}
+    assert all(isinstance(r, CommandAccepted) for r in firsts.values()), {r.code for r in firsts.values() if not isinstance(r, CommandAccepted)}
+    for cid, outcomes in results.items():  # a retried id is answered again, identically
+        assert all(o == outcomes[0] for o in outcomes), cid
+
+    per_stream: dict[tuple[str, str], list[int]] = defaultdict(list)
+    per_command: dict[str, int] = defaultdict(int)
+    wanted = set(tenants)
+    for record in read_topic(applied, "events.platform"):
+        h = headers_of(record)
+        if h.get("agentstream.tenant_id") in wanted:
+            per_stream[(h["agentstream.tenant_id"], h["agentstream.stream_id"])].append(int(h["agentstream.version"]))
+            per_command[h["agentstream.command_id"]] += 1
+    assert set(per_command) == ids  # every accepted command has its event set...
+    assert set(per_command.values()) == {1}  # ...exactly once
+    for stream, versions in per_stream.items():  # contiguous, no gap, no duplicate
+        assert versions == list(range(1, CONFIGURES + 2)), stream
