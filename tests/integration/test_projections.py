@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import timedelta
 from typing import Any, Callable, TypeVar
 
 import pytest
@@ -147,6 +148,13 @@ def test_rebuild_without_a_live_projector_builds_the_same_models(worker, applied
         assert report.new_generation == live_generation(r5) == 2
         assert calls and calls[-1][0] == report.events_replayed > 0
         assert snapshot(r5, 2) == live
+
+        # From a timestamp after every event: no models, checkpoints at the ends (nothing re-applied later).
+        later = rebuild(other_db, utcnow() + timedelta(hours=1), lambda done, total: None)
+        assert later.new_generation == live_generation(r5) == 3 and later.events_replayed == 0
+        built = snapshot(r5, 3)
+        assert built and all(key.startswith("checkpoint:") for key in built)
+        assert all(int(built[k]) >= int(v) for k, v in live.items() if k.startswith("checkpoint:"))
     finally:
         r5.flushdb()
         r5.close()
