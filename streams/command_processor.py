@@ -24,12 +24,13 @@ from streams.messages import (
     EventRef,
     Snapshot,
     new_id,
-    parse_result_dict,
+    compact_result,
+    expand_result,
     utcnow,
 )
 
 #: How many recent command ids each stream remembers to answer retries with the first outcome.
-DEDUP_PER_STREAM = 64
+DEDUP_PER_STREAM = 32
 #: A snapshot of a stream is emitted each time its version crosses a multiple of this.
 SNAPSHOT_EVERY = 50
 #: The event store's append command (events given, not decided; version-checked like any write).
@@ -62,7 +63,7 @@ class Outcome:
 
 def _remember(recent: list[list], command_id: str, result: CommandAccepted | CommandRejected) -> list[list]:
     """The stream's recent command ids with this one added, oldest dropped past DEDUP_PER_STREAM."""
-    return [*recent, [command_id, result.model_dump(mode="json")]][-DEDUP_PER_STREAM:]
+    return [*recent, [command_id, compact_result(result)]][-DEDUP_PER_STREAM:]
 
 
 def state_key(tenant_id: str, stream_id: str) -> str:
@@ -125,7 +126,7 @@ class CommandProcessor:
         recent: list[list] = stored.get("recent", [])
         for command_id, first in recent:
             if command_id == meta.command_id:  # a retry: answer as the first time, change nothing
-                return Outcome(result=parse_result_dict(first), replayed=True)
+                return Outcome(result=expand_result(first, meta.command_id, meta.tenant_id, stream_id), replayed=True)
 
         version = stored["version"]
         state = aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])

@@ -42,7 +42,7 @@ aggregates = app.Table(
     "aggregates",
     default=None,
     partitions=topology.table_partitions("aggregates"),
-    schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+    key_type=str,  # JSON keys: the changelog is read back with the same serializer on recovery
     help="Aggregate state and version per tenant/stream.",
 )
 
@@ -52,7 +52,7 @@ processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_
 async def _write(outcome: Outcome, key: bytes | None, value: bytes | None, headers: list) -> None:
     tenant_key = outcome.result.tenant_id.encode() if outcome.result else key
     if outcome.state_key is not None:
-        aggregates[outcome.state_key.encode()] = outcome.new_state
+        aggregates[outcome.state_key] = outcome.new_state
     for event in outcome.events:
         await events_topic.send(key=tenant_key, value=event.value, headers=event.headers)
     if outcome.snapshot is not None:
@@ -75,5 +75,5 @@ async def command_handler(stream: faust.StreamT) -> None:
     async for event in stream.events():
         message = event.message
         headers = list(message.headers or [])
-        outcome = processor.process(message.key, message.value, headers, lambda k: aggregates.get(k.encode()))
+        outcome = processor.process(message.key, message.value, headers, aggregates.get)
         await _write(outcome, message.key, message.value, headers)

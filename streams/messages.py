@@ -121,9 +121,19 @@ def parse_result(raw: bytes) -> CommandAccepted | CommandRejected:
     return _RESULT.validate_json(raw)
 
 
-def parse_result_dict(data: Mapping[str, Any]) -> CommandAccepted | CommandRejected:
-    """A result from its JSON-compatible dict (as kept for retries in the aggregates table)."""
-    return _RESULT.validate_python(data)
+def compact_result(result: CommandAccepted | CommandRejected) -> list[Any]:
+    """A result in a few bytes, for the per-stream retry memory (ids and stream are known there)."""
+    if isinstance(result, CommandAccepted):
+        return ["a", result.new_version, [[e.type, e.version, e.event_id] for e in result.events]]
+    return ["r", result.code, result.message, result.current_version]
+
+
+def expand_result(compact: list[Any], command_id: str, tenant_id: str, stream_id: str) -> CommandAccepted | CommandRejected:
+    """The result that ``compact_result`` shrank, whole again."""
+    if compact[0] == "a":
+        events = [EventRef(type=t, version=v, event_id=i) for t, v, i in compact[2]]
+        return CommandAccepted(command_id=command_id, tenant_id=tenant_id, stream_id=stream_id, new_version=compact[1], events=events)
+    return CommandRejected(command_id=command_id, tenant_id=tenant_id, code=compact[1], message=compact[2], current_version=compact[3])
 
 
 class Snapshot(BaseModel):

@@ -102,3 +102,25 @@ def test_sigkill_mid_stream_then_restart_keeps_exactly_one_event_set_per_command
     assert set(per_command.values()) == {1}  # ...exactly once
     for stream, versions in per_stream.items():  # contiguous, no gap, no duplicate
         assert versions == list(range(1, CONFIGURES + 2)), stream
+
+
+def test_a_worker_that_lost_its_local_state_recovers_it_from_the_changelog(worker, applied):
+    """Wipe every worker's RocksDB directory: the aggregates come back from the changelog topic."""
+    import shutil
+
+    t = tenant()
+
+    async def send(kind, data, **kw):
+        async with CommandClient(applied) as client:
+            return await client.send(kind, t, data, timeout=120, **kw)
+
+    assert isinstance(asyncio.run(send("CreateAgent", {"agent_id": "keeper", "name": "K", "agent_type": "llm"})), CommandAccepted)
+    for i in range(5):
+        asyncio.run(send("ConfigureAgent", {"agent_id": "keeper", "config": {"i": str(i)}}))
+    worker.stop()
+    shutil.rmtree(applied.data_dir / "workers")
+    worker.start()
+    after = asyncio.run(send("StartAgent", {"agent_id": "keeper"}, expected_version=6))
+    assert isinstance(after, CommandAccepted) and after.new_version == 7, after
+    retry = asyncio.run(send("CreateAgent", {"agent_id": "keeper", "name": "K", "agent_type": "llm"}))
+    assert retry.code == "InvariantViolated"  # the state, not an empty table, decided it
