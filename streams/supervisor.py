@@ -1,4 +1,4 @@
-"""Worker processes run as children (for the demo and the tests): start, stop, kill."""
+"""Worker (and sink) processes run as children (for the demo and the tests): start, stop, kill."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 
 class WorkerProcess:
-    """One ``agentstream worker`` child process with its own web port and log file."""
+    """One ``agentstream worker`` (or other long-running ``agentstream ARGS``) child process with its own log file."""
 
-    def __init__(self, log_file: Path, env: Mapping[str, str] | None = None, web_port: int | None = None) -> None:
+    def __init__(self, log_file: Path, env: Mapping[str, str] | None = None, web_port: int | None = None, args: Sequence[str] = ("worker",)) -> None:
         self.log_file = log_file
+        self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         if web_port is not None:
             self.env["AGENTSTREAM_WEB_PORT"] = str(web_port)
@@ -25,7 +26,7 @@ class WorkerProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams", "worker"], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
+                [sys.executable, "-m", "streams", *self.args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
             )
         return self
 

@@ -6,6 +6,7 @@ import sys
 
 from schemas import default_registry
 from streams import handlers  # noqa: F401  (registers the command handler agent)
+from streams import facts_agent  # noqa: F401  (registers the facts builder agent)
 from streams import projection_agent  # noqa: F401  (registers the projector agent)
 from streams.app import agent_tables, app, settings
 from streams.topology import CodeView

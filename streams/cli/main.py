@@ -50,6 +50,35 @@ def worker() -> None:
 
 
 @cli.command()
+def sink(
+    batch_size: int = typer.Option(10_000, help="Rows per ClickHouse insert (per partition)."),
+    max_delay: float = typer.Option(1.0, help="Seconds a partial batch may wait before it is written."),
+) -> None:
+    """Run the ClickHouse sink (facts.tasks -> cubes, exactly once) and the query API it serves."""
+    import asyncio
+    import logging
+    import signal
+
+    from sinks.facts_consumer import FactsConsumer, facts_cube
+    from streams.topology import TopologyError, load_topology
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper().replace("WARN", "WARNING").replace("CRIT", "CRITICAL"), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    try:
+        cube = facts_cube(load_topology(settings.topology_path))
+    except (TopologyError, LookupError) as exc:
+        fail(str(exc))
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        await FactsConsumer(settings, cube, batch_size=batch_size, max_delay_s=max_delay).run(stop)
+
+    asyncio.run(serve())
+
+
+@cli.command()
 def send(
     command_type: str = typer.Argument(..., help="Command schema name, e.g. CreateAgent."),
     tenant: str = typer.Option(..., "--tenant", "-t", help="Tenant id (the message key)."),

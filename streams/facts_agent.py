@@ -1,0 +1,56 @@
+"""The ``facts_builder`` agent: one task fact per finished task, from the events, exactly once.
+
+The joins it needs (agent type and region from AgentCreated, start time from TaskAssigned) live
+in the ``task_context`` table, co-partitioned with ``events.platform`` (both keyed by tenant).
+The facts, the table changelog and the offsets commit in the worker's Kafka transaction, so
+``facts.tasks`` holds each fact once; the ClickHouse sink (``agentstream sink``) loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import faust
+
+from schemas import SchemaError, default_registry
+from streams.app import agent_tables, app, topology
+from streams.facts import fold
+from streams.handlers import events_topic
+from streams.messages import EnvelopeError, EventMeta
+
+log = logging.getLogger(__name__)
+
+FACTS = "facts.tasks"
+
+facts_topic = app.topic(FACTS, partitions=topology.topic(FACTS).partitions, key_serializer="raw", value_serializer="raw")
+task_context = app.Table(
+    "task_context",
+    default=None,
+    partitions=topology.table_partitions("task_context"),
+    key_type=str,
+    help="Agents (type, region) and open tasks (agent, start) per tenant, for the task facts.",
+)
+agent_tables["facts_builder"] = [task_context.name]
+registry = default_registry()
+
+
+@app.agent(events_topic, name="facts_builder")
+async def facts_builder(stream: faust.StreamT) -> None:
+    """Fold each event into the context table; emit a fact when a task finishes."""
+    async for event in stream.events():
+        message = event.message
+        try:
+            name, payload = registry.decode(message.value, message.headers)
+            meta = EventMeta.from_headers(message.headers)
+        except (SchemaError, EnvelopeError) as exc:
+            log.warning("facts_builder: skipping unreadable event at %s:%s: %s", message.partition, message.offset, exc)
+            continue
+        changes, fact = fold(name, payload.model_dump(), meta, task_context)
+        for key, value in changes.items():
+            if value is None:
+                task_context.pop(key, None)
+            else:
+                task_context[key] = value
+        if fact is not None:
+            await facts_topic.send(key=meta.tenant_id.encode(), value=json.dumps(fact).encode())

@@ -1,0 +1,171 @@
+"""Events -> facts_builder -> facts.tasks -> ClickHouse sink -> cubes, exactly once, under SIGKILL.
+
+The load size is ``AGENTSTREAM_TEST_TASK_EVENTS`` task events (default 40,000 so the suite stays
+short; the acceptance run uses 1,000,000: see docs/benchmarks.md). The expected totals are
+computed independently, from the events topic itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+import urllib.request
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from connectors.kafka_config import aiokafka_config
+from schemas import default_registry
+from sinks.clickhouse_schema import merge_expr
+from streams.messages import EventMeta, new_id
+from streams.supervisor import WorkerProcess
+from tests.helpers import headers_of, read_topic, run_cli, tenant
+
+pytestmark = pytest.mark.integration
+
+TASK_EVENTS = int(os.environ.get("AGENTSTREAM_TEST_TASK_EVENTS", "40000"))
+TYPES = ["llm", "retriever", "planner"]
+REGIONS = ["eu-west-1", "us-east-1"]
+
+
+async def _produce_load(settings, tenants: list[str], tasks: int, start: datetime) -> None:
+    """AgentCreated for each tenant's agents, then TaskAssigned + TaskCompleted/TaskFailed per task."""
+    registry = default_registry()
+    rng = random.Random(11)
+    producer = AIOKafkaProducer(**aiokafka_config(settings), acks="all", linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    versions: dict[tuple[str, str], int] = defaultdict(int)
+
+    async def emit(t: str, stream: str, kind: str, data: dict, at: datetime) -> None:
+        versions[(t, stream)] += 1
+        value, headers = registry.encode(kind, data)
+        meta = EventMeta(event_id=new_id(), tenant_id=t, stream_id=stream, version=versions[(t, stream)], occurred_at=at, command_id="load")
+        await producer.send("events.platform", key=t.encode(), value=value, headers=headers + meta.to_headers())
+
+    try:
+        for t in tenants:
+            for a in range(4):
+                await emit(t, f"agent-a{a}", "AgentCreated", {"agent_id": f"a{a}", "name": "A", "agent_type": TYPES[a % 3], "region": REGIONS[a % 2], "config": {}}, start)
+        for n in range(tasks):
+            t = tenants[n % len(tenants)]
+            agent = f"a{rng.randrange(4)}"
+            begun = start + timedelta(seconds=rng.uniform(0, 3 * 3600))
+            await emit(t, f"task-{n}", "TaskAssigned", {"task_id": str(n), "agent_id": agent, "task_type": "x", "input": {}}, begun)
+            ended = begun + timedelta(milliseconds=rng.lognormvariate(6, 0.8))
+            if rng.random() < 0.9:
+                await emit(t, f"task-{n}", "TaskCompleted", {"task_id": str(n), "agent_id": agent, "output": {}, "cost": round(rng.uniform(0, 0.05), 4)}, ended)
+            else:
+                await emit(t, f"task-{n}", "TaskFailed", {"task_id": str(n), "agent_id": agent, "error": "timeout", "cost": 0.001}, ended)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def _expected(settings, tenants: set[str]) -> dict[tuple[str, str], tuple[int, int, float]]:
+    """Per (tenant, minute): (tasks, successes, cost), straight from the events topic."""
+    registry = default_registry()
+    totals: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0, 0.0])
+    for record in read_topic(settings, "events.platform"):
+        h = headers_of(record)
+        if h.get("agentstream.tenant_id") not in tenants or h["agentstream.schema"] not in ("TaskCompleted", "TaskFailed"):
+            continue
+        _, payload = registry.decode(record.value, record.headers)
+        minute = datetime.fromisoformat(h["agentstream.occurred_at"]).astimezone(UTC).strftime("%Y-%m-%d %H:%M")
+        row = totals[(h["agentstream.tenant_id"], minute)]
+        row[0] += 1
+        row[1] += h["agentstream.schema"] == "TaskCompleted"
+        row[2] += payload.cost
+    return {k: (v[0], v[1], v[2]) for k, v in totals.items()}
+
+
+def _query(port: int, sql: str) -> list[dict]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/sql", data=json.dumps({"sql": sql, "format": "json"}).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body = json.loads(response.read())
+    return [dict(zip(body["columns"], row)) for row in body["rows"]] if "columns" in body and body["rows"] and isinstance(body["rows"][0], list) else body["rows"]
+
+
+def _cube_totals(port: int, tenants: set[str]) -> dict[tuple[str, str], tuple[int, int, float]]:
+    names = ",".join(f"'{t}'" for t in sorted(tenants))  # test-generated ids, not user input
+    rows = _query(
+        port,
+        "SELECT tenant, formatDateTime(ts, '%Y-%m-%d %H:%i') AS minute, countMerge(count_state) AS n, "
+        "countIfMerge(success_state) AS ok, sumMerge(cost_state) AS cost "
+        f"FROM agentstream.task_cube_minute WHERE tenant IN ({names}) GROUP BY tenant, minute",
+    )
+    return {(r["tenant"], r["minute"]): (int(r["n"]), int(r["ok"]), float(r["cost"])) for r in rows}
+
+
+def _wait_for(port: int, tenants: set[str], want: int, timeout: float) -> int:
+    names = ",".join(f"'{t}'" for t in sorted(tenants))
+    deadline = time.monotonic() + timeout
+    have = -1
+    while time.monotonic() < deadline:
+        try:
+            have = int(_query(port, f"SELECT count() AS n FROM agentstream.task_facts WHERE tenant IN ({names})")[0]["n"])
+        except OSError:
+            have = -1  # the sink is restarting
+        if have >= want:
+            return have
+        time.sleep(1)
+    return have
+
+
+def _start_sink(tmp: Path, env: dict[str, str]) -> WorkerProcess:
+    return WorkerProcess(tmp / "sink.log", env=env, args=["sink", "--max-delay", "0.5"]).start()
+
+
+def test_cube_totals_equal_the_event_totals_after_sink_crashes(worker, applied, tmp_path: Path):
+    tenants = {tenant() for _ in range(5)}
+    port = applied.web_port + 11
+    # The sink owns its own chdb path: this test process may hold the suite's one.
+    env = {"AGENTSTREAM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}", "AGENTSTREAM_SINK_PORT": str(port)}
+    sink = _start_sink(tmp_path, env)
+    try:
+        tasks = TASK_EVENTS // 2
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=4)
+        loader = asyncio.get_event_loop_policy().new_event_loop()
+        load = loader.run_in_executor(None, lambda: asyncio.run(_produce_load(applied, sorted(tenants), tasks, start)))
+        rng = random.Random(5)
+        for _ in range(3):  # SIGKILL the sink at random points while the facts stream in
+            time.sleep(rng.uniform(2, 6))
+            sink.kill()
+            sink = _start_sink(tmp_path, env)
+        loader.run_until_complete(load)
+        loader.close()
+        loaded = _wait_for(port, tenants, tasks, timeout=300)
+        assert loaded == tasks, f"{loaded} facts in ClickHouse, {tasks} tasks finished\n{sink.log_tail()}"
+
+        expected = _expected(applied, tenants)
+        actual = _cube_totals(port, tenants)
+        assert set(actual) == set(expected)
+        for key, (n, ok, cost) in expected.items():
+            got = actual[key]
+            assert got[0] == n and got[1] == ok and got[2] == pytest.approx(cost, abs=1e-6), key
+        assert sum(v[0] for v in actual.values()) == tasks
+
+        # Quantiles within the sketch's documented relative error (1% for quantilesDD(0.01)).
+        exact = _query(port, f"SELECT quantileExact(0.95)(response_time_ms) AS q FROM agentstream.task_facts WHERE tenant = '{min(tenants)}'")[0]["q"]
+        sketch = _query(
+            port, f"SELECT {merge_expr('rt_quantiles_state')}[2] AS q FROM agentstream.task_cube_minute WHERE tenant = '{min(tenants)}'"
+        )[0]["q"]
+        assert abs(sketch - exact) <= 0.011 * exact + 1
+
+        # A tenant-scoped cube query never returns another tenant's rows (API and CLI).
+        a, b = sorted(tenants)[:2]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/cubes/task_cube?measures=task_count&dimensions=tenant&granularity=day&tenant={a}", timeout=30) as r:
+            rows = json.loads(r.read())["rows"]
+        assert rows and all(b not in json.dumps(row) for row in rows)
+        cli = run_cli("cube", "query", "task_cube", "--measures", "task_count,cost", "--dimensions", "tenant,time", "--granularity", "hour", "--tenant", a, "--format", "csv", env=env)
+        assert cli.returncode == 0, cli.stderr
+        assert a in cli.stdout and b not in cli.stdout
+    finally:
+        sink.stop()
