@@ -14,6 +14,8 @@ from typing import ClassVar, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from streams.exports import ExportSpec
+
 
 class TopologyError(ValueError):
     """The topology file is missing, is not YAML, or does not match the declared shape."""
@@ -124,6 +126,7 @@ class Topology(_Spec):
     agents: list[AgentSpec] = Field(default_factory=list)
     sinks: list[SinkSpec] = Field(default_factory=list)
     cubes: list[CubeSpec] = Field(default_factory=list)
+    exports: list[ExportSpec] = Field(default_factory=list, description="scheduled exports (streams/exports.py)")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Topology":

@@ -21,6 +21,7 @@ from streams.settings import Settings, get_settings
 
 AGENT_TYPES = ["llm", "retriever", "tool-runner", "planner"]
 REGIONS = ["eu-west-1", "us-east-1", "ap-south-1"]
+TASK_TYPES = ["summarise", "search", "plan", "answer"]
 TENANTS = ["acme", "globex", "initech", "umbrella", "hooli", "stark", "wayne", "tyrell"]
 
 
@@ -34,7 +35,7 @@ class Tally:
     dead_letters: int = 0
 
 
-def _plan(tenants: list[str], agents: int, seed: int = 7) -> list[list[tuple[str, str, dict, dict]]]:
+def _plan(tenants: list[str], agents: int, tasks: int = 3, seed: int = 7) -> list[list[tuple[str, str, dict, dict]]]:
     """Phases of (command, tenant, payload, options); commands within a phase are independent."""
     rng = random.Random(seed)
     ids = {t: [f"{t}-agent-{i:03d}" for i in range(agents)] for t in tenants}
@@ -47,6 +48,15 @@ def _plan(tenants: list[str], agents: int, seed: int = 7) -> list[list[tuple[str
             for a in ids[t]
         ],
         [("StartAgent", t, {"agent_id": a}, {}) for t in tenants for a in ids[t]],
+        [("AssignTask", t, {"task_id": f"{a}-task-{k}", "agent_id": a, "task_type": rng.choice(TASK_TYPES)}, {}) for t in tenants for a in ids[t] for k in range(tasks)],
+        [
+            ("CompleteTask", t, {"task_id": f"{a}-task-{k}", "cost": round(rng.uniform(0.001, 0.05), 4)}, {})
+            if rng.random() < 0.9
+            else ("FailTask", t, {"task_id": f"{a}-task-{k}", "error": "tool timeout", "cost": 0.001}, {})
+            for t in tenants
+            for a in ids[t]
+            for k in range(tasks)
+        ],
         [("ConfigureAgent", t, {"agent_id": a, "config": {"temperature": f"{rng.random():.2f}", "model": "small"}}, {}) for t in tenants for a in ids[t][::2]],
         [("StopAgent", t, {"agent_id": a, "reason": "scale-down"}, {}) for t in tenants for a in ids[t][::5]],
         # Bad on purpose: each must come back as a typed rejection and change nothing.
@@ -55,6 +65,8 @@ def _plan(tenants: list[str], agents: int, seed: int = 7) -> list[list[tuple[str
             ("StartAgent", tenants[0], {"agent_id": "no-such-agent"}, {}),  # NotFound
             ("StopAgent", tenants[-1], {"agent_id": ids[tenants[-1]][0]}, {"expected_version": 1}),  # stale version
             ("StopAgent", tenants[-1], {"agent_id": ids[tenants[-1]][0]}, {}),  # already stopped
+            ("AssignTask", tenants[-1], {"task_id": "late", "agent_id": ids[tenants[-1]][0], "task_type": "chat"}, {}),  # agent stopped
+            ("CompleteTask", tenants[0], {"task_id": f"{ids[tenants[0]][0]}-task-0"}, {}),  # already finished
         ],
     ]
     return phases

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import uuid
 from typing import Iterator
@@ -47,6 +48,7 @@ def settings() -> Iterator[Settings]:
         yield current
     finally:
         stack.down(echo=lambda line: print(line, file=sys.stderr))
+        shutil.rmtree(current.data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
