@@ -433,13 +433,42 @@ def _sink_url(settings: Settings) -> str:
     return f"http://{host}:{settings.sink_port}"
 
 
-def sink_answers(settings: Settings, timeout: float = 1.0) -> bool:
-    """True when the sink's query API answers ``GET /health`` with ``{"ok": true}``."""
+def sink_answers(settings: Settings, timeout: float = 2.0, attempts: int = 2) -> bool:
+    """True when the sink's query API answers ``GET /health`` with ``{"ok": true}`` (tried ``attempts`` times)."""
+    for _ in range(attempts):
+        try:
+            with urllib.request.urlopen(_sink_url(settings) + "/health", timeout=timeout) as response:
+                return json.loads(response.read()).get("ok") is True
+        except (ConnectionRefusedError, urllib.error.URLError) as exc:
+            if isinstance(getattr(exc, "reason", exc), ConnectionRefusedError):
+                return False  # nothing listens: no point in asking again
+        except Exception:
+            pass
+    return False
+
+
+def chdb_path_held(url: str) -> bool:
+    """True when another process holds the embedded ClickHouse at ``chdb://PATH``.
+
+    ClickHouse keeps an exclusive ``flock`` on ``PATH/status`` while it has the path open; we
+    test it ourselves so that chdb never starts on a path that another process is using.
+    """
+    import fcntl
+
+    status = Path(url[len("chdb://") :]) / "status"
     try:
-        with urllib.request.urlopen(_sink_url(settings) + "/health", timeout=timeout) as response:
-            return json.loads(response.read()).get("ok") is True
-    except Exception:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return False  # never opened (or not a directory path): nobody holds it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
         return False
+    finally:
+        os.close(fd)
 
 
 class QueryClient:
@@ -489,14 +518,19 @@ class QueryClient:
                 raise QueryUnavailable(f"cannot reach the ClickHouse server: {exc}") from exc
             self._backend, self.via = _Local(client, threading.Lock(), cubes), "clickhouse"
             return self._backend
+        hint = (
+            f"no query service at {url} and the embedded ClickHouse at {ch_url!r} is held by another process "
+            f"(chdb allows one process per path). Start `agentstream sink` (it owns the path and serves queries), "
+            f"or, if it runs, check that its port is AGENTSTREAM_SINK_PORT={self.settings.sink_port}."
+        )
+        from connectors.clickhouse import _clients  # a path this process already opened is ours
+
+        if ch_url not in _clients and chdb_path_held(ch_url):
+            raise QueryUnavailable(hint)
         try:
             client = clickhouse_client(self.settings)
         except Exception as exc:
-            raise QueryUnavailable(
-                f"no query service at {url} and the embedded ClickHouse at {ch_url!r} is held by another process "
-                f"(chdb allows one process per path). Start `agentstream sink` (it owns the path and serves queries), "
-                f"or, if it runs, check that its port is AGENTSTREAM_SINK_PORT={self.settings.sink_port}. ({exc})"
-            ) from exc
+            raise QueryUnavailable(f"{hint} ({exc})") from exc
         self._backend, self.via = _Local(client, threading.Lock(), cubes), "embedded"
         return self._backend
 
@@ -641,6 +675,11 @@ class ExportResult:
     error: str | None = None
 
 
+def default_state_path(settings: Settings) -> Path:
+    """Where the last run of each scheduled export is recorded (the sink and the CLI share it)."""
+    return settings.data_dir / "exports" / "state.json"
+
+
 def _load_state(state_path: Path) -> dict[str, dt.datetime]:
     try:
         raw = json.loads(Path(state_path).read_text())
@@ -704,7 +743,8 @@ def run_exports(queries: QueryClient, state_path: Path, now: dt.datetime | None 
             size = write_table(table, target, item.spec.format)
         except (QueryError, QueryFailed, OSError) as exc:
             result = ExportResult(item.spec.name, item.at, target, error=str(exc))
-            log.warning("export %s failed: %s", item.spec.name, exc)
+            if on_result is None:
+                log.warning("export %s failed: %s", item.spec.name, exc)
         else:
             result = ExportResult(item.spec.name, item.at, target, table.num_rows, size)
             state[item.spec.name] = item.at

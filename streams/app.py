@@ -7,6 +7,7 @@ import socket
 import faust
 
 from connectors.kafka_config import faust_credentials
+from streams import faust_fixes
 from streams.settings import Settings, get_settings
 from streams.topology import Topology, load_topology
 
@@ -19,6 +20,7 @@ def create_app(settings: Settings) -> faust.App:
     ``data_dir/workers/<web_port>`` (one directory per worker process). The web server binds
     ``web_host`` (127.0.0.1 unless told otherwise).
     """
+    faust_fixes.apply()
     datadir = settings.data_dir / "workers" / str(settings.web_port)
     datadir.mkdir(parents=True, exist_ok=True)
     advertised = settings.web_host if settings.web_host not in ("0.0.0.0", "::") else socket.gethostname()

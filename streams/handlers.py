@@ -51,8 +51,8 @@ processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_
 
 async def _write(outcome: Outcome, key: bytes | None, value: bytes | None, headers: list) -> None:
     tenant_key = outcome.result.tenant_id.encode() if outcome.result else key
-    if outcome.state_key is not None:
-        aggregates[outcome.state_key] = outcome.new_state
+    # Sends first, table last: if the partition is revoked mid-way (a send fails), the local
+    # table has not moved ahead of what the aborted transaction would have committed.
     for event in outcome.events:
         await events_topic.send(key=tenant_key, value=event.value, headers=event.headers)
     if outcome.snapshot is not None:
@@ -64,6 +64,8 @@ async def _write(outcome: Outcome, key: bytes | None, value: bytes | None, heade
         log.warning("command dead-lettered (%s): %s", outcome.dead_letter, outcome.error)
     if outcome.result is not None:
         await results_topic.send(key=outcome.result.command_id.encode(), value=outcome.result.model_dump_json().encode())
+    if outcome.state_key is not None:
+        aggregates[outcome.state_key] = outcome.new_state
 
 
 agent_tables["command_handler"] = [aggregates.name]

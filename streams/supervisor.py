@@ -1,4 +1,11 @@
-"""Worker (and sink) processes run as children (for the demo and the tests): start, stop, kill."""
+"""Worker (and sink) processes run as children, restarted when they exit: start, stop, kill.
+
+faust-streaming 0.15 can crash a worker process during a rebalance under exactly-once
+(``IllegalOperation: Can't send messages while not in transaction`` from its producer buffer).
+Transactions keep that safe: what the dead process had not committed is aborted and re-done by
+the next owner. What it needs is a supervisor that starts the process again, as systemd,
+Kubernetes or compose's ``restart:`` do in production and this class does for the demo and tests.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +13,60 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Mapping, Sequence
 
 
 class WorkerProcess:
-    """One ``agentstream worker`` (or other long-running ``agentstream ARGS``) child process with its own log file."""
+    """One ``agentstream worker`` (or other long-running ``agentstream ARGS``) child process.
 
-    def __init__(self, log_file: Path, env: Mapping[str, str] | None = None, web_port: int | None = None, args: Sequence[str] = ("worker",)) -> None:
+    With ``restart`` (the default) a process that exits on its own is started again; ``stop``
+    and ``kill`` end it for good. ``restarts`` counts the restarts.
+    """
+
+    def __init__(
+        self,
+        log_file: Path,
+        env: Mapping[str, str] | None = None,
+        web_port: int | None = None,
+        args: Sequence[str] = ("worker",),
+        restart: bool = True,
+    ) -> None:
         self.log_file = log_file
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         if web_port is not None:
             self.env["AGENTSTREAM_WEB_PORT"] = str(web_port)
+        self.restart = restart
+        self.restarts = 0
         self.proc: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
 
-    def start(self) -> "WorkerProcess":
-        """Start the worker in the background (it joins the consumer group by itself)."""
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+    def _spawn(self) -> None:
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streams", *self.args], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True
             )
+
+    def _watch(self, proc: subprocess.Popen) -> None:
+        proc.wait()
+        with self._lock:
+            if self._stopping.is_set() or self.proc is not proc:
+                return
+            self.restarts += 1
+            self._spawn()
+            threading.Thread(target=self._watch, args=(self.proc,), daemon=True).start()
+
+    def start(self) -> "WorkerProcess":
+        """Start the process in the background (a worker joins the consumer group by itself)."""
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._stopping.clear()
+            self._spawn()
+            if self.restart:
+                threading.Thread(target=self._watch, args=(self.proc,), daemon=True).start()
         return self
 
     @property
@@ -37,25 +76,31 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM, wait for a clean shutdown (SIGKILL after ``timeout``); return the exit code."""
-        if self.proc is None:
+        with self._lock:
+            self._stopping.set()
+            proc = self.proc
+        if proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+                proc.kill()
+                proc.wait()
+        return proc.returncode
 
     def kill(self) -> None:
-        """SIGKILL: a crash, with no chance to commit or leave the group."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL: a crash, with no chance to commit or leave the group (and no restart)."""
+        with self._lock:
+            self._stopping.set()
+            proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
     def log_tail(self, chars: int = 3000) -> str:
-        """The end of the worker's log, for error messages."""
+        """The end of the process's log, for error messages."""
         try:
             return self.log_file.read_text(errors="replace")[-chars:]
         except FileNotFoundError:

@@ -7,6 +7,7 @@ import json
 import typer
 from rich.table import Table
 
+from streams.cli.analytics_commands import cube_cli, export_cli, sql
 from streams.cli.console import console, fail
 from streams.cli.demo import demo
 from streams.cli.dev_commands import dev
@@ -26,6 +27,9 @@ cli.add_typer(topology_cli, name="topology")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(agents_cli, name="agents")
 cli.command()(demo)
+cli.add_typer(cube_cli, name="cube")
+cli.add_typer(export_cli, name="export")
+cli.command()(sql)
 
 
 @cli.command()
