@@ -118,6 +118,43 @@ def _report(tally: Tally, tenants: list[str]) -> None:
     console.print(f"dead letters: {tally.dead_letters} (topic deadletter.commands, with the reason in headers)")
 
 
+def _read_side(settings: Settings, tenants: list[str], tally: Tally, timeout: float = 60.0) -> None:
+    """The agent summary of one agent (Redis) and the task cube per tenant (ClickHouse)."""
+    import time
+
+    from connectors.redis_store import redis_client
+    from sinks.query_api import QueryClient, QueryError, QueryUnavailable
+    from streams.queries import get_agent_summary
+
+    r = redis_client(settings)
+    agent = f"{tenants[0]}-agent-001"
+    deadline = time.monotonic() + timeout
+    summary = get_agent_summary(r, tenants[0], agent)
+    while (summary is None or summary.tasks_completed + summary.tasks_failed < 3) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        summary = get_agent_summary(r, tenants[0], agent)
+    if summary is not None:
+        console.print(f"agent summary (Redis read model) of {agent}: status={summary.status}, tasks completed={summary.tasks_completed}, failed={summary.tasks_failed}, cost={summary.total_cost:.4f}")
+    finished = tally.events["TaskCompleted"] + tally.events["TaskFailed"]
+    client = QueryClient(settings)
+    quoted = ", ".join(f"'{t}'" for t in tenants)  # generated above, not user input
+    try:
+        while time.monotonic() < deadline:
+            loaded = int(client.sql(f"SELECT count() AS n FROM agentstream.task_facts WHERE tenant IN ({quoted})")["n"][0])
+            if loaded >= finished:
+                break
+            time.sleep(0.5)
+        frame = client.cube("task_cube", ["task_count", "success_rate", "response_time_p95", "cost"], ["tenant"], granularity="day")
+    except (QueryError, QueryUnavailable) as exc:
+        console.print(f"[yellow]cube query failed[/]: {exc}")
+        return
+    table = Table("tenant", "tasks", "success rate", "p95 response (ms)", "cost", title=f"task_cube (ClickHouse; {loaded} of {finished} task facts loaded)")
+    for row in frame[frame["tenant"].isin(tenants)].itertuples(index=False):
+        table.add_row(row.tenant, str(row.task_count), f"{row.success_rate:.1%}", f"{row.response_time_p95:.1f}", f"{row.cost:.4f}")
+    console.print(table)
+    console.print("query it yourself: agentstream cube query task_cube --measures task_count,cost --dimensions tenant,time --granularity hour (while `agentstream sink` runs)")
+
+
 def demo(
     tenants: int = typer.Option(5, min=1, max=len(TENANTS), help="How many tenants."),
     agents: int = typer.Option(20, min=1, help="Agents per tenant."),
@@ -138,7 +175,7 @@ def demo(
         started = stack.up(echo=console.print)
     except StackError as exc:
         fail(str(exc))
-    worker = None
+    worker = sink = None
     try:
         console.rule("[bold]2. topology")
         try:
@@ -146,9 +183,11 @@ def demo(
         except (AdminError, TopologyError) as exc:
             fail(str(exc))
         console.print("topics match topology.yaml")
-        console.rule("[bold]3. worker")
+        console.rule("[bold]3. worker and ClickHouse sink")
         worker = WorkerProcess(settings.data_dir / "logs" / "demo-worker.log").start()
         console.print(f"worker pid {worker.pid}, log {worker.log_file}")
+        sink = WorkerProcess(settings.data_dir / "logs" / "demo-sink.log", args=["sink", "--max-delay", "0.5"]).start()
+        console.print(f"sink pid {sink.pid}, log {sink.log_file} (embedded ClickHouse at {settings.clickhouse_url})")
         console.rule("[bold]4. commands")
         run = new_id()[:4]  # fresh tenants each run: the event store keeps the last run's
         names = [f"{name}-{run}" for name in TENANTS[:tenants]]
@@ -158,9 +197,12 @@ def demo(
             fail(f"{exc}\n--- worker log ---\n{worker.log_tail()}")
         console.rule("[bold]5. what happened")
         _report(tally, names)
+        console.rule("[bold]6. read models and cubes")
+        _read_side(settings, names, tally)
     finally:
-        if worker is not None:
-            worker.stop()
-            console.print("worker stopped")
+        for process, name in ((worker, "worker"), (sink, "sink")):
+            if process is not None:
+                process.stop()
+                console.print(f"{name} stopped")
         if started and not keep:
             stack.down(echo=console.print)

@@ -40,7 +40,7 @@ def test_problems_name_what_is_wrong():
 
 
 def test_tables_must_be_copartitioned_with_their_source():
-    problems = validate(load_topology(REAL), code(tables={"aggregates": 3}))
+    problems = validate(load_topology(REAL), code(tables={**code().tables, "aggregates": 3}))
     assert [p.where for p in problems] == ["table aggregates"]
     assert "not co-partitioned" in problems[0].message
 
