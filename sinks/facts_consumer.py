@@ -128,16 +128,33 @@ class FactsConsumer:
         )
         self.consumer.subscribe([FACTS_TOPIC], listener=_Handoff(self))
         await self.consumer.start()
+        exports = asyncio.create_task(self._scheduled_exports(stop))
         try:
             while not stop.is_set():
                 batch = await self.consumer.getmany(timeout_ms=200)
                 await self.commit(await asyncio.to_thread(self._take, batch))
             await self.commit(await asyncio.to_thread(self.locked, self.sink.flush))
         finally:
+            exports.cancel()
             self.sink.close()
             await self.consumer.stop()
             if runner is not None:
                 await runner.cleanup()
+
+    async def _scheduled_exports(self, stop: asyncio.Event, every_s: float = 60.0) -> None:
+        """Run the exports that topology.yaml schedules, when they are due (checked every minute)."""
+        from sinks.query_api import default_state_path, run_due_exports
+
+        while not stop.is_set():
+            try:
+                for result in await asyncio.to_thread(run_due_exports, self.settings, self.client, self.lock, default_state_path(self.settings)):
+                    log.info("sink: scheduled export %s", result)
+            except Exception as exc:  # an export must not stop the sink
+                log.error("sink: scheduled exports failed: %s", exc)
+            try:
+                await asyncio.wait_for(stop.wait(), every_s)
+            except asyncio.TimeoutError:
+                pass
 
     async def _serve_queries(self) -> Any:
         from aiohttp import web

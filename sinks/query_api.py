@@ -478,8 +478,10 @@ class QueryClient:
     (ClickHouse failed) or QueryUnavailable (no way to ClickHouse from this process).
     """
 
-    def __init__(self, settings: Settings, *, timeout: float = 300.0, probe_timeout: float = 1.0) -> None:
+    def __init__(self, settings: Settings, *, timeout: float = 300.0, probe_timeout: float = 1.0, open_embedded: bool = True) -> None:
         self.settings = settings
+        #: False for long-lived processes that must never take the chdb path from the sink (the worker).
+        self.open_embedded = open_embedded
         self.timeout = timeout
         self.probe_timeout = probe_timeout
         self._backend: _Local | _Remote | None = None
@@ -525,7 +527,7 @@ class QueryClient:
         )
         from connectors.clickhouse import _clients  # a path this process already opened is ours
 
-        if ch_url not in _clients and chdb_path_held(ch_url):
+        if not self.open_embedded or (ch_url not in _clients and chdb_path_held(ch_url)):
             raise QueryUnavailable(hint)
         try:
             client = clickhouse_client(self.settings)
@@ -559,6 +561,10 @@ class QueryClient:
         if granularity is not None and granularity not in GRANULARITIES:
             raise QueryError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         params = cube_params(measures, dimensions, granularity, time_from, time_to, tenant, filters)
+        return self._connect().cube_table(name, params)
+
+    def cube_from_params(self, name: str, params: Mapping[str, str]) -> tuple[pa.Table, str]:
+        """(result, roll-up) of a cube query given as the HTTP API's query parameters."""
         return self._connect().cube_table(name, params)
 
     def cube(

@@ -8,6 +8,7 @@ from schemas import default_registry
 from streams import handlers  # noqa: F401  (registers the command handler agent)
 from streams import facts_agent  # noqa: F401  (registers the facts builder agent)
 from streams import projection_agent  # noqa: F401  (registers the projector agent)
+from streams import web_views  # noqa: F401  (registers /cubes/{name} on the web server)
 from streams.app import agent_tables, app, settings
 from streams.topology import CodeView
 

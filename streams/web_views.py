@@ -1,0 +1,35 @@
+"""The worker's web server: the cube API as JSON for dashboards (``/cubes/{name}?...``).
+
+Same parameters and answers as the sink's query API (``sinks.query_api``). The worker does not
+open embedded ClickHouse itself (the sink process owns it): ``QueryClient`` forwards to the sink,
+or queries a ClickHouse server directly when one is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from faust.web import Request, Response, View
+
+from sinks.query_api import QueryClient, QueryError, QueryFailed, QueryUnavailable, UnknownCube, table_json
+from streams.app import app, settings
+
+queries = QueryClient(settings, open_embedded=False)
+
+
+@app.page("/cubes/{name}")
+class CubeView(View):
+    """``GET /cubes/{name}?measures=...&dimensions=...&tenant=...``: rows as JSON."""
+
+    async def get(self, request: Request, name: str) -> Response:
+        try:
+            table, rollup = await asyncio.to_thread(queries.cube_from_params, name, dict(request.query))
+        except UnknownCube as exc:
+            return self.json({"error": str(exc)}, status=404)
+        except QueryError as exc:
+            return self.json({"error": str(exc)}, status=400)
+        except QueryUnavailable as exc:
+            return self.json({"error": str(exc)}, status=503)
+        except QueryFailed as exc:
+            return self.json({"error": str(exc)}, status=500)
+        return self.json(table_json(table, rollup=rollup))
