@@ -23,6 +23,7 @@ os.environ.update(
         "AGENTSTREAM_REDIS_URL": f"redis://127.0.0.1:{TEST_REDIS_PORT}/0",
         "AGENTSTREAM_DATA_DIR": str(TEST_DATA_DIR),
         "AGENTSTREAM_WEB_PORT": str(TEST_WEB_PORT),
+        "AGENTSTREAM_SINK_PORT": str(TEST_WEB_PORT + 11),
         "AGENTSTREAM_LOG_LEVEL": "info",
     }
 )

@@ -125,9 +125,9 @@ def _start_sink(tmp: Path, env: dict[str, str]) -> WorkerProcess:
 
 def test_cube_totals_equal_the_event_totals_after_sink_crashes(worker, applied, tmp_path: Path):
     tenants = {tenant() for _ in range(5)}
-    port = applied.web_port + 11
+    port = applied.sink_port
     # The sink owns its own chdb path: this test process may hold the suite's one.
-    env = {"AGENTSTREAM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}", "AGENTSTREAM_SINK_PORT": str(port)}
+    env = {"AGENTSTREAM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}"}
     sink = _start_sink(tmp_path, env)
     try:
         tasks = TASK_EVENTS // 2
@@ -164,6 +164,9 @@ def test_cube_totals_equal_the_event_totals_after_sink_crashes(worker, applied, 
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/cubes/task_cube?measures=task_count&dimensions=tenant&granularity=day&tenant={a}", timeout=30) as r:
             rows = json.loads(r.read())["rows"]
         assert rows and all(b not in json.dumps(row) for row in rows)
+        # The worker's web server answers the same query for dashboards (through the sink).
+        with urllib.request.urlopen(f"http://127.0.0.1:{applied.web_port}/cubes/task_cube?measures=task_count&dimensions=tenant&granularity=day&tenant={a}", timeout=30) as r:
+            assert json.loads(r.read())["rows"] == rows
         cli = run_cli("cube", "query", "task_cube", "--measures", "task_count,cost", "--dimensions", "tenant,time", "--granularity", "hour", "--tenant", a, "--format", "csv", env=env)
         assert cli.returncode == 0, cli.stderr
         assert a in cli.stdout and b not in cli.stdout
