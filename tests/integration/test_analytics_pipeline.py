@@ -141,7 +141,7 @@ def test_cube_totals_equal_the_event_totals_after_sink_crashes(worker, applied, 
             sink = _start_sink(tmp_path, env)
         loader.run_until_complete(load)
         loader.close()
-        loaded = _wait_for(port, tenants, tasks, timeout=300)
+        loaded = _wait_for(port, tenants, tasks, timeout=max(300, tasks / 250))
         assert loaded == tasks, f"{loaded} facts in ClickHouse, {tasks} tasks finished\n{sink.log_tail()}"
 
         expected = _expected(applied, tenants)
