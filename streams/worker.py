@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
 from schemas import default_registry
 from streams import handlers  # noqa: F401  (registers the command handler agent)
@@ -23,6 +25,18 @@ def code_view() -> CodeView:
 
 
 def run() -> None:
-    """Run a Faust worker in this process until it is stopped (SIGINT/SIGTERM)."""
+    """Run a Faust worker in this process until it is stopped (SIGINT/SIGTERM).
+
+    Faust writes table changes to the local RocksDB store before the transaction that carries
+    their changelog commits, and its final commit can fail during shutdown; after such a stop,
+    or a crash, the store may hold changes of an aborted transaction, which would then decide
+    commands (a retried command answered as done while its events were rolled back). So a worker
+    always starts with empty local tables and restores them from the changelog topics, which
+    under ``read_committed`` hold only committed changes. Start-up takes time proportional to the
+    compacted changelogs; correctness does not depend on how the last run ended.
+    """
+    datadir = Path(app.conf.datadir)
+    shutil.rmtree(datadir, ignore_errors=True)
+    datadir.mkdir(parents=True, exist_ok=True)
     sys.argv = ["agentstream-worker", "worker", "--loglevel", settings.log_level]
     app.main()
