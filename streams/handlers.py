@@ -1,10 +1,12 @@
 """The command handler agent: the thin Faust shell around ``CommandProcessor``.
 
 For each command it reads the aggregate from the ``aggregates`` table, lets the pure core
-decide, then, inside the same Kafka transaction (exactly once), appends the events, updates
-the table, writes a snapshot every ``SNAPSHOT_EVERY`` versions, answers on the results topic
-and, for malformed input, keeps the original bytes on the dead-letter topic with the reason.
-A retried command id gets its first answer again and writes nothing else.
+decide, then appends the events and updates the table (both commit with the command's offset in
+the worker's Kafka transaction: exactly once), writes a snapshot every ``SNAPSHOT_EVERY``
+versions, answers on the results topic and, for malformed input, keeps the original bytes on the
+dead-letter topic with the reason. Faust commits those last three in the transactions of their
+own partitions, so after a crash they may appear twice (see docs/architecture.md). A retried
+command id gets its first answer again and writes nothing else.
 """
 
 from __future__ import annotations
