@@ -16,8 +16,6 @@ from typing import Any, Mapping
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 
-
-
 async def _highwaters_from_broker(self: Any, partitions: list) -> Mapping[Any, int]:
     consumer = self._ensure_consumer()
     return await consumer.end_offsets(partitions)
