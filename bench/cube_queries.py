@@ -129,7 +129,6 @@ def main() -> None:
     from streams.topology import load_topology
 
     tmp = Path(tempfile.mkdtemp(prefix="agentstream-bench-cube-"))
-    lines: list[str] = []
     try:
         client = clickhouse_client(Settings(data_dir=tmp, clickhouse_url=f"chdb://{tmp / 'chdb'}"))
         spec = next(c for c in load_topology(REPO / "topology.yaml").cubes if c.name == "task_cube").model_copy(update={"database": "bench_cube"})

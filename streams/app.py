@@ -22,7 +22,6 @@ def create_app(settings: Settings) -> faust.App:
     """
     faust_fixes.apply()
     datadir = settings.data_dir / "workers" / str(settings.web_port)
-    datadir.mkdir(parents=True, exist_ok=True)
     advertised = settings.web_host if settings.web_host not in ("0.0.0.0", "::") else socket.gethostname()
     return faust.App(
         settings.app_id,

@@ -12,6 +12,7 @@ from typing import Any, Mapping
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from connectors.kafka_config import aiokafka_config
+from connectors.kafka_topics import topic_partitions
 from schemas import SchemaRegistry, UnknownSchema, default_registry
 from streams.messages import CommandAccepted, CommandMeta, CommandRejected, new_id, parse_result
 from streams.settings import Settings
@@ -56,20 +57,15 @@ class CommandClient:
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(**conf, isolation_level="read_committed", enable_auto_commit=False)
         await self._consumer.start()
-        partitions = self._consumer.partitions_for_topic(RESULTS_TOPIC) or await self._results_partitions()
-        assignment = [TopicPartition(RESULTS_TOPIC, p) for p in sorted(partitions)]
+        partitions = await topic_partitions(self._consumer, RESULTS_TOPIC)
+        if not partitions:
+            raise RuntimeError(f"topic '{RESULTS_TOPIC}' does not exist: run `agentstream topology apply`")
+        assignment = [TopicPartition(RESULTS_TOPIC, p) for p in partitions]
         self._consumer.assign(assignment)
         await self._consumer.seek_to_end(*assignment)
         for tp in assignment:  # resolve the end offsets now, before any command is sent
             await self._consumer.position(tp)
         self._reader = asyncio.create_task(self._read_results())
-
-    async def _results_partitions(self) -> set[int]:
-        await self._consumer._client.force_metadata_update()  # type: ignore[union-attr]
-        partitions = self._consumer.partitions_for_topic(RESULTS_TOPIC)  # type: ignore[union-attr]
-        if not partitions:
-            raise RuntimeError(f"topic '{RESULTS_TOPIC}' does not exist: run `agentstream topology apply`")
-        return partitions
 
     async def stop(self) -> None:
         """Disconnect; pending waits fail with CommandTimeout."""

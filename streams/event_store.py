@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from connectors.kafka_config import aiokafka_config
+from connectors.kafka_topics import topic_partitions
 from schemas import SchemaError, SchemaRegistry, default_registry
 from streams.client import CommandClient
 from streams.command_processor import APPEND_EVENTS
@@ -166,11 +167,7 @@ class EventStore:
         consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, isolation_level="read_committed")
         await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic) or set()
-            ordered = sorted(partitions)
+            ordered = await topic_partitions(consumer, topic)
             if key is not None:
                 ordered = [DefaultPartitioner()(key, ordered, ordered)]
             tps = [TopicPartition(topic, p) for p in ordered]

@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from redis.exceptions import WatchError
 
 from connectors.kafka_config import aiokafka_config
+from connectors.kafka_topics import topic_partitions
 from connectors.redis_store import async_redis_client
 from schemas import SchemaRegistry, default_registry
 from streams import projections as pj
@@ -134,13 +135,10 @@ async def delete_generation(r: redis.asyncio.Redis, gen: int, batch: int = 500) 
 
 
 async def _partitions(consumer: AIOKafkaConsumer) -> list[int]:
-    partitions = consumer.partitions_for_topic(EVENTS_TOPIC)
-    if not partitions:
-        await consumer._client.force_metadata_update()  # aiokafka has no public refresh
-        partitions = consumer.partitions_for_topic(EVENTS_TOPIC)
+    partitions = await topic_partitions(consumer, EVENTS_TOPIC)
     if not partitions:
         raise RebuildError(f"topic '{EVENTS_TOPIC}' does not exist: run `agentstream topology apply`")
-    return sorted(partitions)
+    return partitions
 
 
 async def _live_checkpoints(r: redis.asyncio.Redis, gen: int, partitions: list[int]) -> dict[int, int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from connectors.kafka_config import aiokafka_config
+from connectors.kafka_topics import topic_partitions
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,10 +42,7 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         consumer = AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False)
         await consumer.start()
         try:
-            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-            if not parts:
-                await consumer._client.force_metadata_update()
-                parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+            parts = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
             ends = await consumer.end_offsets(parts)
             return {tp.partition: offset for tp, offset in ends.items()}
         finally:

@@ -67,7 +67,8 @@ def sink(
     from streams.topology import TopologyError, load_topology
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper().replace("WARN", "WARNING").replace("CRIT", "CRITICAL"), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    levels = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
+    logging.basicConfig(level=levels[settings.log_level], format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     try:
         cube = facts_cube(load_topology(settings.topology_path))
     except (TopologyError, LookupError) as exc:

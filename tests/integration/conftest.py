@@ -6,11 +6,14 @@ import os
 import shutil
 import sys
 import uuid
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from streams.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from streams.supervisor import WorkerProcess
 
 
 def _docker_engine() -> bool:
