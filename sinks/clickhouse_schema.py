@@ -36,6 +36,16 @@ DEDUP_WINDOW = 10_000
 QUANTILE_ACCURACY = 0.01
 QUANTILE_LEVELS = (0.5, 0.95, 0.99)
 
+#: The last columns of every table a ``TableSink`` writes (sinks/clickhouse_sink.py): where the
+#: row sits in Kafka, and the batch it was written in (lets a restarted sink re-send that batch).
+BOOKKEEPING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("kafka_topic", "LowCardinality(String)"),
+    ("kafka_partition", "UInt32"),
+    ("kafka_offset", "UInt64"),
+    ("sink_batch_first", "UInt64"),
+    ("sink_batch_last", "UInt64"),
+)
+
 #: Facts columns, in insert order. Bookkeeping columns come last: the sink fills them.
 FACT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("tenant", "LowCardinality(String)"),
@@ -47,12 +57,7 @@ FACT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("response_time_ms", "UInt32"),
     ("cost", "Float64"),
     ("event_time", "DateTime64(3, 'UTC')"),
-    ("kafka_topic", "LowCardinality(String)"),
-    ("kafka_partition", "UInt32"),
-    ("kafka_offset", "UInt64"),
-    # The batch a row was written in: lets a restarted sink re-send exactly that batch.
-    ("sink_batch_first", "UInt64"),
-    ("sink_batch_last", "UInt64"),
+    *BOOKKEEPING_COLUMNS,
 )
 
 _QUANTILES_ARGS = f"({QUANTILE_ACCURACY}, {', '.join(map(str, QUANTILE_LEVELS))})"

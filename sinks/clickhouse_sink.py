@@ -1,15 +1,19 @@
-"""Task facts into ClickHouse exactly once: deterministic batches per partition + dedup tokens.
+"""Kafka records into a ClickHouse table exactly once: deterministic batches per partition + dedup tokens.
+
+``TableSink`` is the protocol; ``FactsSink`` feeds a cube's facts table from ``facts.tasks`` and
+``sinks.events_archive.ArchiveSink`` the events archive from ``events.platform``. Each table
+ends in the bookkeeping columns ``BOOKKEEPING_COLUMNS`` (Kafka position and batch bounds).
 
 How exactly-once works (read this before wiring the sink into a consumer)
 -------------------------------------------------------------------------
-One ``FactsSink`` serves one Kafka topic; it buffers rows per partition and writes a batch
+One ``TableSink`` serves one Kafka topic; it buffers rows per partition and writes a batch
 per partition when it reaches ``batch_size`` rows, when ``flush()`` is called (the caller's
 ~1 s timer, see ``due()``), or when a re-sent batch is complete (below).
 
 1. Every batch is identified by (topic, partition, first offset, last offset) of its rows and
    inserted with ``insert_deduplication_token = "<db.table>:<topic>:<partition>:<first>:<last>"``.
-   ClickHouse drops an insert whose token it has already seen: the facts table and every cube
-   table (they dedup on their own, see sinks/clickhouse_schema.py).
+   ClickHouse drops an insert whose token it has already seen: the table and every table a
+   materialized view feeds from it (they dedup on their own, see sinks/clickhouse_schema.py).
 2. Each row also stores its batch's (first, last) offsets (``sink_batch_first``/``_last``).
 3. The caller commits to Kafka only ``committable()`` offsets, which only ever move past rows
    that ClickHouse acknowledged (or that the caller ``skip()``-ed). So after a crash the
@@ -18,7 +22,7 @@ per partition when it reaches ``batch_size`` rows, when ``flush()`` is called (t
    which batches already hold rows at or beyond that offset. Those batches are *re-sent
    exactly*: the sink cuts at their recorded boundaries, so the re-sent batch has the same
    token and the same rows. ClickHouse deduplicates it in the facts table, and a cube table that
-   missed it (the process died between the facts part and the view's part: checked on chdb,
+   missed it (the process died between the table's part and the view's part: checked on chdb,
    a re-sent token repairs the view) gets it now. The 1 s timer cannot break this: an early,
    short batch [first, x] is recorded as such in its rows and re-sent as such.
 5. Rows at or below ``resume_offsets()`` (the max offset in ClickHouse) that cannot be re-sent
@@ -30,7 +34,7 @@ What the integrator must guarantee:
 - Commit only ``committable()`` offsets (never Faust's automatic ack of unflushed events).
 - Rows are a pure function of the Kafka record (same record -> same row): tokens ignore the
   content, so a row that changed on replay would be deduplicated away silently.
-- Messages that yield no fact: call ``skip(partition, offset)`` so commits can move past them.
+- Records that yield no row: call ``skip(partition, offset)`` so commits can move past them.
 - On partition revocation call ``revoke(partitions)`` (drops the unflushed rows; the new owner
   re-reads them) and stop a flush in progress: a zombie writer could insert a batch the new
   owner cuts differently. On shutdown call ``close()``: it aborts waiting retries.
@@ -42,29 +46,34 @@ What the integrator must guarantee:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 from clickhouse_connect.driver.client import Client
 
-from sinks.clickhouse_schema import FACT_COLUMNS, cube_tables
+from sinks.clickhouse_schema import BOOKKEEPING_COLUMNS, cube_tables
 from streams.topology import CubeSpec
 
 T = TypeVar("T")
 
 #: Row fields the caller supplies (the sink adds the Kafka and batch bookkeeping).
 FACT_FIELDS: tuple[str, ...] = ("tenant", "agent_id", "agent_type", "region", "task_id", "outcome", "response_time_ms", "cost", "event_time")
-_COLUMNS = [name for name, _ in FACT_COLUMNS]
+_BOOKKEEPING = [name for name, _ in BOOKKEEPING_COLUMNS]
 _UINT32_MAX = 2**32 - 1
 
 
-class InvalidFact(ValueError):
-    """A row the facts table cannot hold; it is rejected at ``add`` so no batch is poisoned."""
+class InvalidRow(ValueError):
+    """A record the table cannot hold; it is rejected at ``add`` so no batch is poisoned."""
+
+
+class InvalidFact(InvalidRow):
+    """A fact the facts table cannot hold."""
 
 
 class SinkClosed(RuntimeError):
@@ -104,8 +113,10 @@ def _event_time(value: Any) -> dt.datetime:
     raise InvalidFact(f"event_time must be a datetime, epoch milliseconds or ISO-8601 text, got {value!r}")
 
 
-def fact_row(row: Mapping[str, Any]) -> list[Any]:
+def fact_row(row: Any) -> list[Any]:
     """The row's fact fields checked and converted, in ``FACT_FIELDS`` order (InvalidFact if not)."""
+    if not isinstance(row, Mapping):
+        raise InvalidFact(f"a fact is a JSON object, got {type(row).__name__}")
     missing = [f for f in FACT_FIELDS if f not in row]
     if missing:
         raise InvalidFact(f"fact is missing {', '.join(missing)}")
@@ -129,9 +140,43 @@ def fact_row(row: Mapping[str, Any]) -> list[Any]:
     return [row["tenant"], row["agent_id"], row["agent_type"], row["region"], row["task_id"], row["outcome"], rt, float(cost), when]
 
 
-class FactsSink:
-    """Batching, exactly-once writer of one topic's task facts into a cube's facts table.
+def retry_forever(
+    operation: str,
+    call: Callable[[], T],
+    closed: threading.Event,
+    *,
+    initial_s: float = 0.1,
+    max_s: float = 30.0,
+    on_retry: Callable[[RetryInfo], None] | None = None,
+    fatal: tuple[type[BaseException], ...] = (),
+) -> T:
+    """``call()``'s result, retrying on any exception but ``fatal`` ones with exponential backoff until it succeeds.
 
+    Raises SinkClosed (abandoning the call) once ``closed`` is set, also in the middle of a wait.
+    ``on_retry`` hears of every failed attempt (ClickHouse down: the caller logs, never drops).
+    """
+    attempt, wait = 0, initial_s
+    while True:
+        if closed.is_set():
+            raise SinkClosed(f"{operation} abandoned: the sink is closed")
+        try:
+            return call()
+        except fatal:
+            raise
+        except Exception as exc:  # noqa: BLE001 - ClickHouse down or failing: wait, never drop
+            attempt += 1
+            if on_retry is not None:
+                on_retry(RetryInfo(operation, attempt, wait, exc))
+            if closed.wait(wait):
+                raise SinkClosed(f"{operation} abandoned: the sink is closed") from exc
+            wait = min(wait * 2, max_s)
+
+
+class TableSink:
+    """Batching, exactly-once writer of one topic's records into one ClickHouse table.
+
+    ``to_row`` turns what the caller passes to ``add`` into the values of ``columns`` (raising
+    InvalidRow when it cannot); the table has those columns followed by the bookkeeping ones.
     Not thread-safe: one consumer task drives it (``flush`` may run in a worker thread as long
     as nothing else calls the sink meanwhile). See the module docstring for the protocol.
     """
@@ -139,8 +184,10 @@ class FactsSink:
     def __init__(
         self,
         client: Client,
-        cube: CubeSpec,
+        table: str,
         topic: str,
+        columns: Sequence[str],
+        to_row: Callable[[Any], list[Any]],
         *,
         batch_size: int = 10_000,
         max_delay_s: float = 1.0,
@@ -148,18 +195,24 @@ class FactsSink:
         backoff_max_s: float = 30.0,
         on_retry: Callable[[RetryInfo], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        client_lock: threading.Lock | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self._client = client
-        self.table = cube_tables(cube).facts
+        self.table = table
         self.topic = topic
+        self._columns = [*columns, *_BOOKKEEPING]
+        self._to_row = to_row
         self.batch_size = batch_size
         self.max_delay_s = max_delay_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self._on_retry = on_retry
         self._clock = clock
+        # Held around each ClickHouse call only, never while waiting to retry: others sharing
+        # the client (the query API) keep working during an outage.
+        self._client_lock: contextlib.AbstractContextManager[Any] = client_lock or contextlib.nullcontext()
         self._closed = threading.Event()
         self._parts: dict[int, _Partition] = {}
         #: Batches inserted by this sink (partition, first, last), for tests and metrics.
@@ -167,15 +220,15 @@ class FactsSink:
 
     # --- the caller's side ------------------------------------------------------------
 
-    def add(self, partition: int, offset: int, row: Mapping[str, Any]) -> None:
-        """Buffer the fact read at (partition, offset); may write a batch before returning.
+    def add(self, partition: int, offset: int, record: Any) -> None:
+        """Buffer the row of the record read at (partition, offset); may write a batch before returning.
 
         Offsets of a partition must arrive in increasing order; an offset at or below one already
         seen is ignored (redelivery). A row that ClickHouse already holds is skipped or re-sent
-        in its original batch (module docstring). Raises InvalidFact, buffering nothing, for a
-        row the table cannot hold (the caller dead-letters it and calls ``skip``).
+        in its original batch (module docstring). Raises InvalidRow, buffering nothing, for a
+        record the table cannot hold (the caller dead-letters or logs it and calls ``skip``).
         """
-        values = fact_row(row)
+        values = self._to_row(record)
         part = self._part(partition, offset)
         if offset <= part.seen:
             return
@@ -203,7 +256,7 @@ class FactsSink:
             self._write(partition, part)
 
     def skip(self, partition: int, offset: int) -> None:
-        """Mark an offset that yields no fact (other message, dead-lettered) as handled."""
+        """Mark an offset that yields no row (other message, rejected) as handled."""
         part = self._part(partition, offset)
         part.seen = max(part.seen, offset)
 
@@ -238,7 +291,7 @@ class FactsSink:
         self._closed.set()
 
     def resume_offsets(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
-        """Per partition of this topic, the highest Kafka offset already in the facts table."""
+        """Per partition of this topic, the highest Kafka offset already in the table."""
         sql = f"SELECT kafka_partition, max(kafka_offset) FROM {self.table} WHERE kafka_topic = {{topic:String}} GROUP BY kafka_partition"
         rows = self._retrying("resume", lambda: self._client.query(sql, parameters={"topic": self.topic}).result_rows)
         wanted = None if partitions is None else set(partitions)
@@ -291,21 +344,21 @@ class FactsSink:
             "deduplicate_blocks_in_dependent_materialized_views": 1,
             "async_insert": 0,
         }
-        self._retrying("insert", lambda: self._client.insert(self.table, rows, column_names=_COLUMNS, settings=settings))
+        self._retrying("insert", lambda: self._client.insert(self.table, rows, column_names=self._columns, settings=settings))
         self.inserted_batches.append((partition, first, last))
         part.rows, part.first, part.last, part.started, part.replaying = [], None, None, None, None
 
     def _retrying(self, operation: str, call: Callable[[], T]) -> T:
-        attempt, wait = 0, self.backoff_initial_s
-        while True:
-            if self._closed.is_set():
-                raise SinkClosed(f"{operation} on {self.table} abandoned: the sink is closed")
-            try:
+        def locked() -> T:
+            with self._client_lock:
                 return call()
-            except Exception as exc:  # noqa: BLE001 - ClickHouse down or failing: wait, never drop
-                attempt += 1
-                if self._on_retry is not None:
-                    self._on_retry(RetryInfo(operation, attempt, wait, exc))
-                if self._closed.wait(wait):
-                    raise SinkClosed(f"{operation} on {self.table} abandoned: the sink is closed") from exc
-                wait = min(wait * 2, self.backoff_max_s)
+
+        return retry_forever(
+            f"{operation} on {self.table}", locked, self._closed, initial_s=self.backoff_initial_s, max_s=self.backoff_max_s, on_retry=self._on_retry
+        )
+
+class FactsSink(TableSink):
+    """The exactly-once writer of task facts (JSON objects, see ``fact_row``) into a cube's facts table."""
+
+    def __init__(self, client: Client, cube: CubeSpec, topic: str, **options: Any) -> None:
+        super().__init__(client, cube_tables(cube).facts, topic, FACT_FIELDS, fact_row, **options)

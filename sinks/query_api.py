@@ -23,6 +23,10 @@ Routes of the app:
   (or CSV / Parquet; the roll-up read is in the ``X-Cube-Rollup`` header). Values are bound as
   server-side parameters (``sinks.cube_query``); with ``tenant`` only that tenant's rows come back.
 - ``POST /sql`` ``{"sql": "SELECT ...", "format": "json|csv|parquet"}`` -> the result.
+- ``GET /events?tenant=T&stream_id=S&from_version=N&types=A,B&since=ISO&format=parquet|json|csv``
+  -> archived events (``sinks.events_archive.read_archive``; every filter optional), and the
+  archive's position per partition in the ``X-Archive-Positions`` header (JSON). Parquet carries
+  the events' Avro bytes (``value``); JSON and CSV leave them out. 404 when no archive is declared.
 
 ``/sql`` is raw SQL by design (an operator tool) but read-only: the text must be one SELECT
 (``WITH``/``UNION`` allowed; no ``FORMAT`` clause, no ``;``-separated statements); it runs as
@@ -65,6 +69,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from sinks.cube_query import GRANULARITIES, Cube, CubeQueryError, build_query
+from sinks.events_archive import archive_table, parse_positions, positions_header, read_archive
 from streams.exports import DueExport, ExportSpec, check_exports, due_exports
 from streams.settings import Settings
 from streams.topology import CubeSpec, Topology, load_topology
@@ -89,6 +94,10 @@ class QueryError(ValueError):
 
 class UnknownCube(QueryError):
     """No cube of that name is declared."""
+
+
+class NoArchive(QueryError):
+    """The topology declares no events archive (no ClickHouse sink of ``events.platform``)."""
 
 
 class QueryFailed(RuntimeError):
@@ -358,14 +367,43 @@ def write_table(table: pa.Table, path: Path, fmt: str, on_rows: Callable[[int], 
     return path.stat().st_size
 
 
+def archive_params(
+    tenant: str | None, stream_id: str | None, from_version: int, types: Sequence[str] | None, since: dt.datetime | None
+) -> dict[str, str]:
+    """The HTTP query parameters of an archive read (the inverse of ``archive_request``)."""
+    params = {"tenant": tenant, "stream_id": stream_id, "from_version": str(from_version) if from_version else None}
+    params["types"] = ",".join(types) if types is not None else None
+    params["since"] = since.isoformat() if since is not None else None
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def archive_request(params: Mapping[str, str]) -> dict[str, Any]:
+    """``read_archive`` keyword arguments from HTTP query parameters (QueryError names a bad one)."""
+    unknown = sorted(set(params) - {"tenant", "stream_id", "from_version", "types", "since", "format"})
+    if unknown:
+        raise QueryError(f"unknown parameter(s) {', '.join(unknown)} (use tenant, stream_id, from_version, types, since, format)")
+    kwargs: dict[str, Any] = {"tenant": params.get("tenant"), "stream_id": params.get("stream_id")}
+    try:
+        kwargs["from_version"] = int(params.get("from_version", "0"))
+    except ValueError:
+        raise QueryError(f"from_version must be a whole number, got {params['from_version']!r}") from None
+    if kwargs["from_version"] < 0:
+        raise QueryError("from_version must be 0 or more")
+    kwargs["types"] = _names([params["types"]]) if "types" in params else None
+    kwargs["since"] = parse_time(params["since"], "since") if "since" in params else None
+    return kwargs
+
+
 # --- the ways to ClickHouse --------------------------------------------------------------
 
 
 class _Local:
     """Queries through a clickhouse-connect client of this process, every use under ``lock``."""
 
-    def __init__(self, client: Client, lock: threading.Lock, cubes: Mapping[str, CubeSpec]) -> None:
-        self.client, self.lock, self.cubes = client, lock, dict(cubes)
+    def __init__(self, client: Client, lock: threading.Lock, topology: Topology) -> None:
+        self.client, self.lock = client, lock
+        self.cubes = {c.name: c for c in topology.cubes}
+        self.archive = archive_table(topology)
 
     def spec(self, name: str) -> CubeSpec:
         spec = self.cubes.get(name)
@@ -383,6 +421,16 @@ class _Local:
         readonly_sql(sql)  # fail on empty input before taking the lock
         with self.lock:
             return run_sql(self.client, sql)
+
+    def events(self, params: Mapping[str, str]) -> tuple[pa.Table, dict[int, int]]:
+        if self.archive is None:
+            raise NoArchive("topology.yaml declares no events archive (a clickhouse sink of events.platform)")
+        kwargs = archive_request(params)
+        try:
+            with self.lock:
+                return read_archive(self.client, self.archive, **kwargs)
+        except DatabaseError as exc:
+            raise QueryFailed(f"events archive {self.archive}: ClickHouse failed: {exc}") from exc
 
 
 class _Remote:
@@ -406,7 +454,7 @@ class _Remote:
             except (ValueError, KeyError, TypeError):
                 message = raw.decode(errors="replace") or str(exc)
             if exc.code == 404:
-                raise UnknownCube(message) from None
+                raise (NoArchive if path.startswith("/events") else UnknownCube)(message) from None
             if exc.code == 400:
                 raise QueryError(message) from None
             raise QueryFailed(f"query service {self.base_url}: HTTP {exc.code}: {message}") from None
@@ -424,6 +472,10 @@ class _Remote:
     def sql_table(self, sql: str) -> pa.Table:
         body, _ = self._request("/sql", {"sql": sql, "format": "parquet"})
         return pq.read_table(io.BytesIO(body))
+
+    def events(self, params: Mapping[str, str]) -> tuple[pa.Table, dict[int, int]]:
+        body, headers = self._request(f"/events?{urllib.parse.urlencode({**params, 'format': 'parquet'})}")
+        return pq.read_table(io.BytesIO(body)), parse_positions(headers.get("X-Archive-Positions", "{}"))
 
 
 def _sink_url(settings: Settings) -> str:
@@ -493,7 +545,7 @@ class QueryClient:
     def local(cls, settings: Settings, client: Client, lock: threading.Lock) -> "QueryClient":
         """A client that queries through ``client`` under ``lock`` (for the process owning chdb)."""
         qc = cls(settings)
-        qc._backend, qc.via = _Local(client, lock, {c.name: c for c in qc.topology().cubes}), "local"
+        qc._backend, qc.via = _Local(client, lock, qc.topology()), "local"
         return qc
 
     def topology(self) -> Topology:
@@ -511,14 +563,13 @@ class QueryClient:
             return self._backend
         from connectors.clickhouse import clickhouse_client
 
-        cubes = {c.name: c for c in self.topology().cubes}
         ch_url = self.settings.clickhouse_url
         if ch_url.startswith(("http://", "https://")):
             try:
                 client = clickhouse_client(self.settings)
             except Exception as exc:
                 raise QueryUnavailable(f"cannot reach the ClickHouse server: {exc}") from exc
-            self._backend, self.via = _Local(client, threading.Lock(), cubes), "clickhouse"
+            self._backend, self.via = _Local(client, threading.Lock(), self.topology()), "clickhouse"
             return self._backend
         hint = (
             f"no query service at {url} and the embedded ClickHouse at {ch_url!r} is held by another process "
@@ -533,7 +584,7 @@ class QueryClient:
             client = clickhouse_client(self.settings)
         except Exception as exc:
             raise QueryUnavailable(f"{hint} ({exc})") from exc
-        self._backend, self.via = _Local(client, threading.Lock(), cubes), "embedded"
+        self._backend, self.via = _Local(client, threading.Lock(), self.topology()), "embedded"
         return self._backend
 
     def cubes(self) -> list[dict[str, Any]]:
@@ -598,6 +649,20 @@ class QueryClient:
         table = self.sql_table(sql)
         return table.to_pandas() if fmt == "dataframe" else encode(table, fmt)
 
+    def events(
+        self,
+        tenant: str | None = None,
+        stream_id: str | None = None,
+        from_version: int = 0,
+        types: Sequence[str] | None = None,
+        since: dt.datetime | None = None,
+    ) -> tuple[pa.Table, dict[int, int]]:
+        """(archived events matching the filters, archive position per partition): see ``read_archive``.
+
+        NoArchive when the topology declares no events archive.
+        """
+        return self._connect().events(archive_params(tenant, stream_id, from_version, types, since))
+
 
 # --- the app -----------------------------------------------------------------------------
 
@@ -617,8 +682,8 @@ def build_query_app(settings: Settings, client: Client, lock: threading.Lock) ->
     the sink's inserts, which take the same lock) keep going while a query runs. Cubes are those
     of ``settings.topology_path`` when the app is built.
     """
-    cubes = {c.name: c for c in load_topology(settings.topology_path).cubes}
-    local = _Local(client, lock, cubes)
+    local = _Local(client, lock, load_topology(settings.topology_path))
+    cubes = local.cubes
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -658,8 +723,27 @@ def build_query_app(settings: Settings, client: Client, lock: threading.Lock) ->
             return _error(400, str(exc))
         return _respond(table, fmt)
 
+    async def archived_events(request: web.Request) -> web.Response:
+        params = dict(request.query)
+        fmt = params.get("format", "parquet")
+        if fmt not in FORMATS:
+            return _error(400, f"unknown format {fmt!r} (use {', '.join(FORMATS)})")
+        try:
+            table, positions = await asyncio.to_thread(local.events, params)
+        except NoArchive as exc:
+            return _error(404, str(exc))
+        except QueryError as exc:
+            return _error(400, str(exc))
+        except QueryFailed as exc:
+            log.warning("archive read failed: %s", exc)
+            return _error(500, str(exc))
+        if fmt != "parquet":
+            table = table.drop_columns(["value"])
+        return _respond(table, fmt, {"X-Archive-Positions": positions_header(positions)}, positions={str(p): o for p, o in positions.items()})
+
     app = web.Application()
     app.router.add_get("/health", health)
+    app.router.add_get("/events", archived_events)
     app.router.add_get("/cubes", list_cubes)
     app.router.add_get("/cubes/{name}", query_cube)
     app.router.add_post("/sql", query_sql)

@@ -58,29 +58,36 @@ def sink(
     batch_size: int = typer.Option(10_000, help="Rows per ClickHouse insert (per partition)."),
     max_delay: float = typer.Option(1.0, help="Seconds a partial batch may wait before it is written."),
 ) -> None:
-    """Run the ClickHouse sink (facts.tasks -> cubes, exactly once) and the query API it serves."""
+    """Run the ClickHouse sink (facts.tasks -> cubes, events.platform -> archive, exactly once) and the query API it serves."""
     import asyncio
     import logging
     import signal
 
-    from sinks.facts_consumer import FactsConsumer, facts_cube
+    from sinks.clickhouse_schema import SchemaError
+    from sinks.events_archive import archive_table
+    from sinks.sink_consumer import SinkConsumer, facts_cube
     from streams.topology import TopologyError, load_topology
 
     settings = get_settings()
     levels = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
     logging.basicConfig(level=levels[settings.log_level], format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     try:
-        cube = facts_cube(load_topology(settings.topology_path))
-    except (TopologyError, LookupError) as exc:
+        topology = load_topology(settings.topology_path)
+        facts_cube(topology)
+        archive_table(topology)
+    except (TopologyError, LookupError, ValueError) as exc:
         fail(str(exc))
 
     async def serve() -> None:
         stop = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-        await FactsConsumer(settings, cube, batch_size=batch_size, max_delay_s=max_delay).run(stop)
+        await SinkConsumer(settings, topology, batch_size=batch_size, max_delay_s=max_delay).run(stop)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except SchemaError as exc:
+        fail(f"ClickHouse schema: {exc}")
 
 
 @cli.command()

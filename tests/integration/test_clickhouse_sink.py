@@ -259,8 +259,8 @@ def test_clickhouse_down_then_back_loses_nothing_and_counts_once(client, cube: C
     flaky = FlakyClient(client, insert_failures=7, query_failures=2)
     sink = FactsSink(flaky, cube, TOPIC, batch_size=150, backoff_initial_s=0.001, backoff_max_s=0.004, on_retry=waits.append)
     feed(sink, facts)
-    assert [w.attempt for w in waits if w.operation == "insert"] == [1, 2, 3, 4, 5, 6, 7]
-    assert [w.wait_s for w in waits if w.operation == "insert"] == [0.001, 0.002, 0.004, 0.004, 0.004, 0.004, 0.004]
+    assert [w.attempt for w in waits if w.operation.startswith("insert")] == [1, 2, 3, 4, 5, 6, 7]
+    assert [w.wait_s for w in waits if w.operation.startswith("insert")] == [0.001, 0.002, 0.004, 0.004, 0.004, 0.004, 0.004]
     assert all(isinstance(w.error, OperationalError) for w in waits)
     assert_totals_exact(client, cube, facts)
 

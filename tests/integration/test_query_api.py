@@ -227,6 +227,35 @@ def test_unknown_cube_is_404(port):
     assert "no cube named 'nope'" in json.loads(body)["error"]
 
 
+@pytest.mark.parametrize(
+    "params, fragment",
+    [
+        (dict(from_version="two"), "from_version must be a whole number"),
+        (dict(from_version="-1"), "from_version must be 0 or more"),
+        (dict(since="last week"), "not an ISO-8601 time"),
+        (dict(stream="agent-a1"), "unknown parameter"),
+        (dict(format="xml"), "unknown format"),
+    ],
+)
+def test_bad_archive_reads_are_400_with_the_reason(port, params, fragment):
+    status, body, _ = get(port, "/events", **params)
+    assert status == 400
+    assert fragment in json.loads(body)["error"]
+
+
+def test_archive_read_of_an_unknown_stream_is_empty_with_positions(port, client, lock):
+    from sinks.events_archive import ensure_archive
+
+    with lock:
+        ensure_archive(client, "agentstream.event_archive")
+        assert ensure_archive(client, "agentstream.event_archive") == []  # idempotent
+    status, body, headers = get(port, "/events", tenant="nobody", stream_id="agent-x", from_version="3")
+    assert status == 200 and pq.read_table(io.BytesIO(body)).num_rows == 0
+    assert json.loads(headers["X-Archive-Positions"]) == {}
+    status, body, _ = get(port, "/events", tenant="nobody", format="json")
+    assert status == 200 and json.loads(body)["rows"] == [] and "value" not in json.loads(body)["columns"]
+
+
 def test_sql_as_json_csv_and_parquet(port, cube):
     sql = f"SELECT tenant, count() AS n, sum(cost) AS cost, max(event_time) AS last FROM {cube_tables(cube[0]).facts} GROUP BY tenant ORDER BY tenant"
     status, body, _ = post_sql(port, sql)
