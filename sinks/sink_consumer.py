@@ -193,18 +193,29 @@ class SinkConsumer:
         self.consumer.subscribe(list(self.sinks), listener=_Handoff(self))
         await self.consumer.start()
         exports = asyncio.create_task(self._scheduled_exports(stop))
+        closer = asyncio.create_task(self._close_after_stop(stop))
         try:
             while not stop.is_set():
                 batch = await self.consumer.getmany(timeout_ms=200)
                 await self._commit_all(await asyncio.to_thread(self._take, batch))
             await self._commit_all(await asyncio.to_thread(self._flush_all))
+        except SinkClosed as exc:  # stopped while ClickHouse was failing: the next owner re-reads
+            log.warning("sink: stopped without a final flush: %s", exc)
         finally:
             exports.cancel()
+            closer.cancel()
             for sink in self.sinks.values():
                 sink.close()
             await self.consumer.stop()
             if runner is not None:
                 await runner.cleanup()
+
+    async def _close_after_stop(self, stop: asyncio.Event, grace_s: float = 10.0) -> None:
+        """Once stopped, give a flush ``grace_s`` to finish, then abandon retries (ClickHouse down)."""
+        await stop.wait()
+        await asyncio.sleep(grace_s)
+        for sink in self.sinks.values():
+            sink.close()
 
     async def _ensure_tables(self, stop: asyncio.Event) -> bool:
         """Create or migrate the ClickHouse objects, retrying while ClickHouse is down; False if stopped first."""

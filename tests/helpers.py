@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -51,26 +52,33 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     return asyncio.run(go())
 
 
-def read_topic(settings: Settings, topic: str, *, committed: bool = True, idle_ms: int = 1500) -> list[ConsumerRecord]:
-    """Every record of ``topic`` (read_committed by default), in partition/offset order."""
+def read_topic(settings: Settings, topic: str, *, committed: bool = True, timeout: float = 60.0) -> list[ConsumerRecord]:
+    """Every record of ``topic`` up to its high watermark now (read_committed by default), in
+    partition/offset order. A read_committed read waits (up to ``timeout``) for transactions that
+    are open below the high watermark to end."""
 
     async def go() -> list[ConsumerRecord]:
-        consumer = AIOKafkaConsumer(
-            topic,
-            **aiokafka_config(settings),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed" if committed else "read_uncommitted",
-        )
+        config = {**aiokafka_config(settings), "enable_auto_commit": False}
+        probe = AIOKafkaConsumer(**config, isolation_level="read_uncommitted")
+        await probe.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in await topic_partitions(probe, topic)]
+            ends = await probe.end_offsets(tps)
+        finally:
+            await probe.stop()
+        consumer = AIOKafkaConsumer(**config, isolation_level="read_committed" if committed else "read_uncommitted")
         await consumer.start()
         records: list[ConsumerRecord] = []
         try:
-            while True:
-                batch = await consumer.getmany(timeout_ms=idle_ms)
-                if not batch:
-                    break
-                for msgs in batch.values():
-                    records.extend(msgs)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            pending = {tp for tp in tps if ends[tp] > 0}
+            deadline = time.monotonic() + timeout
+            while pending and time.monotonic() < deadline:
+                batch = await consumer.getmany(*pending, timeout_ms=500)
+                for tp, msgs in batch.items():
+                    records.extend(m for m in msgs if m.offset < ends[tp])
+                pending = {tp for tp in pending if await consumer.position(tp) < ends[tp]}
         finally:
             await consumer.stop()
         return sorted(records, key=lambda r: (r.partition, r.offset))

@@ -11,6 +11,7 @@ import asyncio
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -18,6 +19,9 @@ from rich.table import Table
 
 from streams.cli.console import console, fail
 from streams.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sinks.query_api import QueryClient
 
 AGENT_TYPES = ["llm", "retriever", "tool-runner", "planner"]
 REGIONS = ["eu-west-1", "us-east-1", "ap-south-1"]
@@ -153,6 +157,25 @@ def _read_side(settings: Settings, tenants: list[str], tally: Tally, timeout: fl
         table.add_row(row.tenant, str(row.task_count), f"{row.success_rate:.1%}", f"{row.response_time_p95:.1f}", f"{row.cost:.4f}")
     console.print(table)
     console.print("query it yourself: agentstream cube query task_cube --measures task_count,cost --dimensions tenant,time --granularity hour (while `agentstream sink` runs)")
+    _event_store_read(settings, client, tenants[0], agent)
+
+
+def _event_store_read(settings: Settings, client: QueryClient, tenant: str, agent: str) -> None:
+    """One stream read through the event store (archive in ClickHouse + Kafka tail), and the archive's size."""
+    from sinks.query_api import QueryError, QueryUnavailable
+    from streams.event_store import EventStore
+
+    store = EventStore(settings)
+    events = asyncio.run(store.get_events(tenant, f"agent-{agent}"))
+    try:
+        archived = int(client.sql("SELECT count() AS n FROM agentstream.event_archive")["n"][0])
+    except (QueryError, QueryUnavailable) as exc:
+        console.print(f"[yellow]archive query failed[/]: {exc}")
+        return
+    console.print(
+        f"event store: {len(events)} events of stream agent-{agent} (versions 1..{events[-1].meta.version if events else 0}) read via {store.last_read}; "
+        f"the ClickHouse events archive holds {archived} events (agentstream sql \"SELECT event_type, count() FROM agentstream.event_archive GROUP BY event_type\")"
+    )
 
 
 def demo(

@@ -58,4 +58,3 @@ def test_tenants_are_joined_separately_and_missing_context_is_unknown():
 
 def test_other_events_change_nothing():
     assert fold("TenantCreated", {"name": "x", "region": "eu", "plan": "free"}, meta(T0), {}) == ({}, None)
-
