@@ -5,7 +5,14 @@ For a cube ``C`` over facts table ``F`` in database ``D``:
 - ``D.F``           raw facts, MergeTree, PARTITION BY month, ORDER BY tenant first, TTL ``ttl_days_raw``;
 - ``D.C_minute``    AggregatingMergeTree with -State columns, fed by ``D.C_minute_mv`` from ``D.F``;
 - ``D.C_hour``      fed by ``D.C_hour_mv`` from the minute table with -MergeState;
-- ``D.C_day``       fed by ``D.C_day_mv`` from the hour table (or the minute table without hours).
+- ``D.C_day``       fed by ``D.C_day_mv`` from the hour table (or the minute table without hours);
+- ``D.C_<g>_all``   for each of ``all_tenant_rollups``: the same roll-up without the tenant
+                    dimension (key ``ts`` first), fed by ``D.C_<g>_all_mv`` from ``D.C_<g>``.
+
+A roll-up created on an existing cube is backfilled from its source table right after its view
+is created (``INSERT INTO target <the view's SELECT>``). The sink does that at start, before it
+consumes; with several sink processes inserting meanwhile the backfill could count their blocks
+twice, so add roll-ups with the sinks stopped.
 
 Every table, the aggregate ones too, has ``non_replicated_deduplication_window``: ClickHouse
 (checked on chdb 26.9) pushes a block that the facts table deduplicated on to the materialized
@@ -102,18 +109,24 @@ class CubeTables:
     facts: str
     rollups: dict[str, str]  # granularity -> table
     views: dict[str, str]  # granularity -> materialized view feeding it
+    all_tenants: dict[str, str]  # granularity -> the roll-up without the tenant dimension
+
+    def view_of(self, table: str) -> str:
+        """The materialized view that feeds a cube table."""
+        return f"{table}_mv"
 
 
 def cube_tables(cube: CubeSpec) -> CubeTables:
     """The names of the objects ``ensure_schema`` creates for ``cube``."""
     db = cube.database
     rollups = {g: f"{db}.{cube.name}_{g}" for g in ("minute", "hour", "day") if g in cube.rollups}
-    return CubeTables(db, f"{db}.{cube.facts_table}", rollups, {g: f"{t}_mv" for g, t in rollups.items()})
+    all_tenants = {g: f"{t}_all" for g, t in rollups.items() if g in cube.all_tenant_rollups}
+    return CubeTables(db, f"{db}.{cube.facts_table}", rollups, {g: f"{t}_mv" for g, t in rollups.items()}, all_tenants)
 
 
-def cube_dimensions(cube: CubeSpec) -> list[str]:
-    """The non-time dimension columns of the cube tables, in key order."""
-    return [d for d in _DIMENSION_TYPES if d in cube.dimensions]
+def cube_dimensions(cube: CubeSpec, all_tenants: bool = False) -> list[str]:
+    """The non-time dimension columns of the cube tables (of the all-tenant ones: without tenant), in key order."""
+    return [d for d in _DIMENSION_TYPES if d in cube.dimensions and not (all_tenants and d == "tenant")]
 
 
 def _ttl(expr: str, days: int) -> str:
@@ -132,10 +145,10 @@ def _facts_ddl(cube: CubeSpec, table: str) -> str:
     )
 
 
-def _rollup_ddl(cube: CubeSpec, granularity: str, table: str) -> str:
-    dims = cube_dimensions(cube)
+def _rollup_ddl(cube: CubeSpec, granularity: str, table: str, all_tenants: bool = False) -> str:
+    dims = cube_dimensions(cube, all_tenants)
     columns = [f"`{d}` {_DIMENSION_TYPES[d]}" for d in dims] + ["`ts` DateTime('UTC')"] + [f"`{n}` {t}" for n, t, _, _ in STATE_COLUMNS]
-    key = ", ".join(["tenant", "ts", *[d for d in dims if d != "tenant"]])
+    key = ", ".join([*(["tenant"] if "tenant" in dims else []), "ts", *[d for d in dims if d != "tenant"]])
     ttl_days = getattr(cube, f"ttl_days_{granularity}")
     return (
         f"CREATE TABLE IF NOT EXISTS {table} (\n    " + ",\n    ".join(columns) + "\n)\n"
@@ -145,10 +158,14 @@ def _rollup_ddl(cube: CubeSpec, granularity: str, table: str) -> str:
     )
 
 
-def _view_ddl(cube: CubeSpec, granularity: str, tables: CubeTables) -> str:
-    dims = cube_dimensions(cube)
-    target, view = tables.rollups[granularity], tables.views[granularity]
-    if granularity == "minute":
+def _view_select(cube: CubeSpec, granularity: str, tables: CubeTables, all_tenants: bool = False) -> tuple[str, str]:
+    """(source table, SELECT) of the view feeding a roll-up: the rows one insert into the source adds to it."""
+    dims = cube_dimensions(cube, all_tenants)
+    if all_tenants:
+        source = tables.rollups[granularity]
+        bucket = "src.ts"
+        states = [f"{merge_expr(name, 'MergeState')} AS {name}" for name, *_ in STATE_COLUMNS]
+    elif granularity == "minute":
         source = tables.facts
         bucket = "toStartOfMinute(toDateTime(src.event_time, 'UTC'))"
         states = [f"{expr} AS {name}" for name, _, expr, _ in STATE_COLUMNS]
@@ -159,15 +176,44 @@ def _view_ddl(cube: CubeSpec, granularity: str, tables: CubeTables) -> str:
         states = [f"{merge_expr(name, 'MergeState')} AS {name}" for name, *_ in STATE_COLUMNS]
     select = [f"src.{d} AS {d}" for d in dims] + [f"{bucket} AS ts"] + states
     group = ", ".join([*(f"src.{d}" for d in dims), bucket])
-    return f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view} TO {target} AS\nSELECT " + ", ".join(select) + f"\nFROM {source} AS src\nGROUP BY {group}"
+    return source, "SELECT " + ", ".join(select) + f"\nFROM {source} AS src\nGROUP BY {group}"
+
+
+@dataclass(frozen=True)
+class _Rollup:
+    """One roll-up table: its DDL, its view's DDL, and where a backfill reads from."""
+
+    table: str
+    view: str
+    source: str
+    table_ddl: str
+    view_ddl: str
+    backfill: str
+
+
+def _rollups(cube: CubeSpec) -> list[_Rollup]:
+    """Every roll-up of the cube, in dependency order (a source before what it feeds)."""
+    tables = cube_tables(cube)
+    wanted = [(g, t, False) for g, t in tables.rollups.items()] + [(g, t, True) for g, t in tables.all_tenants.items()]
+    out = []
+    for granularity, table, all_tenants in wanted:
+        source, select = _view_select(cube, granularity, tables, all_tenants)
+        view = tables.view_of(table)
+        out.append(
+            _Rollup(
+                table, view, source, _rollup_ddl(cube, granularity, table, all_tenants),
+                f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view} TO {table} AS\n{select}", f"INSERT INTO {table}\n{select}",
+            )
+        )
+    return out
 
 
 def schema_statements(cube: CubeSpec) -> list[str]:
     """Every CREATE statement of the cube, in dependency order (all ``IF NOT EXISTS``)."""
     tables = cube_tables(cube)
     out = [f"CREATE DATABASE IF NOT EXISTS {tables.database}", _facts_ddl(cube, tables.facts)]
-    for granularity, table in tables.rollups.items():
-        out += [_rollup_ddl(cube, granularity, table), _view_ddl(cube, granularity, tables)]
+    for rollup in _rollups(cube):
+        out += [rollup.table_ddl, rollup.view_ddl]
     return out
 
 
@@ -193,28 +239,39 @@ def ensure_schema(client: Client, cube: CubeSpec) -> list[str]:
 
     Idempotent: on an up-to-date schema it runs no DDL and returns ``[]``. Migrations done in
     place: missing facts columns are added (``ADD COLUMN IF NOT EXISTS``), changed TTLs are
-    modified, missing roll-ups and views are created. A cube table whose dimensions differ from
+    modified, missing roll-ups and views are created, and a roll-up created next to an existing
+    source is backfilled from it (module docstring). A cube table whose dimensions differ from
     the declaration raises SchemaError (its key cannot change in place: create a new cube).
     """
     tables = cube_tables(cube)
     existing, columns = _existing(client, tables.database)
-    wanted = schema_statements(cube)
+    rollups = _rollups(cube)
     todo: list[str] = []
     if not existing:
-        todo.append(wanted[0])
-    names = [tables.facts, *(x for g in tables.rollups for x in (tables.rollups[g], tables.views[g]))]
-    todo += [stmt for name, stmt in zip(names, wanted[1:]) if name not in existing]
+        todo.append(f"CREATE DATABASE IF NOT EXISTS {tables.database}")
+    if tables.facts not in existing:
+        todo.append(_facts_ddl(cube, tables.facts))
+    has_rows = set(existing)  # tables that may hold rows (a new table once it is backfilled)
+    for rollup in rollups:
+        if rollup.table not in existing:
+            todo.append(rollup.table_ddl)
+        if rollup.view not in existing:
+            todo.append(rollup.view_ddl)
+            if rollup.table not in existing and rollup.source in has_rows:
+                todo.append(rollup.backfill)
+                has_rows.add(rollup.table)
 
     facts_cols = columns.get(tables.facts)
     if facts_cols is not None:
         todo += [f"ALTER TABLE {tables.facts} ADD COLUMN IF NOT EXISTS `{n}` {t}" for n, t in FACT_COLUMNS if n not in facts_cols]
     ttl_of = {tables.facts: ("toDateTime(event_time)", cube.ttl_days_raw)}
-    for granularity, table in tables.rollups.items():
+    cube_tables_of = [(g, t, False) for g, t in tables.rollups.items()] + [(g, t, True) for g, t in tables.all_tenants.items()]
+    for granularity, table, all_tenants in cube_tables_of:
         ttl_of[table] = ("ts", getattr(cube, f"ttl_days_{granularity}"))
         have = columns.get(table)
         if have is None:
             continue
-        want = {*cube_dimensions(cube), "ts", *(n for n, *_ in STATE_COLUMNS)}
+        want = {*cube_dimensions(cube, all_tenants), "ts", *(n for n, *_ in STATE_COLUMNS)}
         if set(have) != want:
             raise SchemaError(
                 f"{table} has columns {sorted(have)} but cube '{cube.name}' needs {sorted(want)}: "

@@ -59,7 +59,8 @@ def _aligned(moment: dt.datetime, granularity: str) -> bool:
 
 
 def choose_rollup(spec: CubeSpec, granularity: str, time_range: tuple[dt.datetime, dt.datetime] | None, by_time: bool) -> str:
-    """The coarsest declared roll-up that answers exactly.
+    """The coarsest declared roll-up that answers exactly (``build_query`` reads its all-tenant
+    table when the query neither scopes, filters nor groups by tenant).
 
     A roll-up answers when both time bounds fall on its bucket boundaries and, if ``time`` is
     a dimension, its bucket is no coarser than ``granularity``. The minute roll-up is the
@@ -138,7 +139,10 @@ def build_query(
 
     by_time = "time" in dimensions
     rollup = choose_rollup(spec, granularity, time_range, by_time)
-    table = cube_tables(spec).rollups[rollup]
+    tables = cube_tables(spec)
+    table = tables.rollups[rollup]
+    if tenant is None and "tenant" not in dimensions and "tenant" not in (filters or {}) and rollup in tables.all_tenants:
+        table = tables.all_tenants[rollup]  # same answer from far fewer rows: no tenant split
     keys: list[str] = []
     select: list[str] = []
     for name in dimensions:

@@ -76,7 +76,9 @@ class CubeSpec(_Spec):
 
     Dimensions are a subset of ``ALLOWED_DIMENSIONS`` and must include ``tenant`` and ``time``;
     measures a subset of ``ALLOWED_MEASURES``; roll-ups a subset of minute/hour/day that
-    includes ``minute`` (fed from the facts, the coarser ones from it). A TTL of 0 days keeps
+    includes ``minute`` (fed from the facts, the coarser ones from it); ``all_tenant_rollups``
+    names roll-ups also kept without the tenant dimension (queries across all tenants merge far
+    fewer aggregate states there). A TTL of 0 days keeps
     rows forever.
     """
 
@@ -99,6 +101,9 @@ class CubeSpec(_Spec):
     ttl_days_hour: int = Field(default=365, ge=0)
     ttl_days_day: int = Field(default=0, ge=0)
     rollups: list[str] = Field(default_factory=lambda: ["minute", "hour", "day"])
+    all_tenant_rollups: list[str] = Field(
+        default_factory=list, description="roll-ups also kept without the tenant dimension, for all-tenant views (a subset of rollups)"
+    )
 
     @model_validator(mode="after")
     def _known_names(self) -> "CubeSpec":
@@ -111,7 +116,8 @@ class CubeSpec(_Spec):
         problems += [f"unknown roll-up '{r}' (allowed: {', '.join(self.ALLOWED_ROLLUPS)})" for r in self.rollups if r not in self.ALLOWED_ROLLUPS]
         if "minute" not in self.rollups:
             problems.append("roll-up 'minute' is required (it is fed from the facts)")
-        for kind, values in (("dimension", self.dimensions), ("measure", self.measures), ("roll-up", self.rollups)):
+        problems += [f"all-tenant roll-up '{r}' is not one of the roll-ups ({', '.join(self.rollups)})" for r in self.all_tenant_rollups if r not in self.rollups]
+        for kind, values in (("dimension", self.dimensions), ("measure", self.measures), ("roll-up", self.rollups), ("all-tenant roll-up", self.all_tenant_rollups)):
             problems += [f"{kind} '{v}' is listed twice" for v in sorted({v for v in values if values.count(v) > 1})]
         if problems:
             raise ValueError(f"cube '{self.name}': " + "; ".join(problems))

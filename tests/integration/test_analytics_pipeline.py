@@ -246,6 +246,10 @@ def test_clickhouse_refusing_writes_then_back_loses_nothing_and_counts_once(work
             # Commands are still decided, and queries still answered, while the sink cannot write.
             assert isinstance(send_command(applied, "CreateTenant", tenant(), {"name": "During outage"}, timeout=60), CommandAccepted)
             assert _total(port, facts_total) == before
+            # Stopping a sink that cannot write ends it cleanly (no final flush); a new one carries on.
+            assert sink.stop(timeout=60) == 0, sink.log_tail()
+            assert "stopped without a final flush" in sink.log_tail(1_000_000)
+            sink = _start_sink(tmp_path, env)
 
         # Now the facts table takes the insert but the minute cube (behind the view) refuses it.
         with _refusing_writes([paths["task_cube_minute"]]):
@@ -257,8 +261,8 @@ def test_clickhouse_refusing_writes_then_back_loses_nothing_and_counts_once(work
         expected, events = _expected(applied, tenants)
         _assert_totals(_cube_totals(port, tenants), expected, tasks)
         _until(lambda: _total(port, facts_total) == _total(port, cube_total), 120, "every fact in the cube", sink)
-        day_total = "SELECT countMerge(count_state) AS n FROM agentstream.task_cube_day"
-        assert _total(port, day_total) == _total(port, cube_total)
+        for rollup in ("task_cube_hour", "task_cube_day", "task_cube_hour_all", "task_cube_day_all"):
+            assert _total(port, f"SELECT countMerge(count_state) AS n FROM agentstream.{rollup}") == _total(port, cube_total), rollup
         assert _wait_for(port, tenants, sum(events.values()), timeout=300, table="agentstream.event_archive") == sum(events.values())
     finally:
         sink.stop()

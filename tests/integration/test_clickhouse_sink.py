@@ -75,7 +75,11 @@ def truth(facts, bucket: str) -> dict[tuple[str, dt.datetime], tuple[int, int, f
     acc: dict = defaultdict(lambda: [0, 0, 0.0])
     for _, _, f in facts:
         t = f["event_time"]
-        key_time = t.replace(second=0, microsecond=0) if bucket == "minute" else t.replace(hour=0, minute=0, second=0, microsecond=0)
+        key_time = {
+            "minute": t.replace(second=0, microsecond=0),
+            "hour": t.replace(minute=0, second=0, microsecond=0),
+            "day": t.replace(hour=0, minute=0, second=0, microsecond=0),
+        }[bucket]
         cell = acc[(f["tenant"], key_time)]
         cell[0] += 1
         cell[1] += f["outcome"] == "completed"
@@ -99,6 +103,18 @@ def assert_totals_exact(client, cube: CubeSpec, facts) -> None:
         for key, (count, ok, cost) in want.items():
             assert got[key][:2] == (count, ok), (granularity, key)
             assert got[key][2] == pytest.approx(cost, rel=1e-9, abs=1e-9), (granularity, key)
+    # The all-tenant roll-ups (no tenant dimension) hold the same totals summed over tenants.
+    for granularity in ("hour", "day"):
+        assert api.sql(["task_count"], ["time"], granularity=granularity).table == cube_tables(cube).all_tenants[granularity]
+        want_all: dict = defaultdict(lambda: [0, 0, 0.0])
+        for (_, when), (count, ok, cost) in truth(facts, granularity).items():
+            cell = want_all[when]
+            cell[0], cell[1], cell[2] = cell[0] + count, cell[1] + ok, cell[2] + cost
+        df = api.query(["task_count", "success_rate", "cost"], ["time"], granularity=granularity)
+        got_all = {row.time.to_pydatetime(): (int(row.task_count), round(row.success_rate * row.task_count), row.cost) for row in df.itertuples()}
+        assert set(got_all) == set(want_all), granularity
+        for when, (count, ok, cost) in want_all.items():
+            assert got_all[when][:2] == (count, ok) and got_all[when][2] == pytest.approx(cost, rel=1e-9), (granularity, when)
     facts_table = cube_tables(cube).facts
     assert client.command(f"SELECT count() FROM {facts_table}") == len(facts)
     assert client.command(f"SELECT uniqExact(kafka_partition, kafka_offset) FROM {facts_table}") == len(facts)
@@ -152,6 +168,23 @@ def test_schema_is_idempotent_and_migrates(client, cube: CubeSpec) -> None:
     assert any("task_cube_day MODIFY TTL ts + INTERVAL 3650 DAY" in s for s in changed)
     assert ensure_schema(client, longer) == []
     assert "toIntervalDay(120)" in client.command(f"SHOW CREATE TABLE {tables.facts}")
+
+
+def test_a_rollup_added_to_a_cube_with_data_is_backfilled(client, cube: CubeSpec) -> None:
+    plain = cube.model_copy(update={"rollups": ["minute"], "all_tenant_rollups": []})
+    tables = cube_tables(cube)
+    for table in [*tables.all_tenants.values(), *tables.rollups.values()]:
+        if not table.endswith("_minute"):
+            client.command(f"DROP VIEW IF EXISTS {tables.view_of(table)}")
+            client.command(f"DROP TABLE IF EXISTS {table}")
+    assert ensure_schema(client, plain) == []
+    facts = make_facts(400)
+    feed(FactsSink(client, plain, TOPIC, batch_size=250), facts)
+
+    changed = ensure_schema(client, cube)  # hour, day, hour_all, day_all: created and backfilled
+    assert sum(s.startswith("INSERT INTO") for s in changed) == 4
+    assert ensure_schema(client, cube) == []
+    assert_totals_exact(client, cube, facts)
 
 
 # --- totals, quantiles -------------------------------------------------------------------

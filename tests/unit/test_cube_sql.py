@@ -130,3 +130,24 @@ def test_cube_spec_rejects_unknown_names() -> None:
         CubeSpec(name="c", source="s", dimensions=["tenant", "time"], measures=["task_count"], rollups=["hour"])
     spec = CubeSpec(name="c", source="s", dimensions=["tenant", "time", "agent_id"], measures=["cost"])
     assert (spec.database, spec.facts_table, spec.ttl_days_raw, spec.ttl_days_day, spec.rollups) == ("agentstream", "task_facts", 90, 0, ["minute", "hour", "day"])
+    with pytest.raises(ValueError, match="all-tenant roll-up 'day' is not one of the roll-ups"):
+        CubeSpec(name="c", source="s", dimensions=["tenant", "time"], measures=["cost"], rollups=["minute"], all_tenant_rollups=["day"])
+
+
+ALL = SPEC.model_copy(update={"all_tenant_rollups": ["hour", "day"]})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "table"),
+    [
+        (dict(dimensions=["time"], granularity="day", time_range=DAY), "agentstream.task_cube_day_all"),
+        (dict(dimensions=["time", "agent_type"], granularity="hour", time_range=DAY, filters={"region": "eu"}), "agentstream.task_cube_hour_all"),
+        (dict(dimensions=["time"], granularity="minute", time_range=MINUTES), "agentstream.task_cube_minute"),  # no all-tenant minute
+        (dict(dimensions=["time"], granularity="day", time_range=DAY, tenant="acme"), "agentstream.task_cube_day"),  # tenant-scoped
+        (dict(dimensions=["time"], granularity="day", time_range=DAY, filters={"tenant": "acme"}), "agentstream.task_cube_day"),
+        (dict(dimensions=["time", "tenant"], granularity="day", time_range=DAY), "agentstream.task_cube_day"),
+    ],
+)
+def test_all_tenant_rollup_only_when_the_query_ignores_tenants(kwargs, table) -> None:
+    built = build_query(ALL, ["task_count", "response_time_p95"], **kwargs)
+    assert built.table == table and f"FROM {table}\n" in built.sql + "\n"
