@@ -69,10 +69,26 @@ def archive_table(topology: Topology) -> str | None:
     return None
 
 
+def positions_table(table: str) -> str:
+    """The archive's small companion table: the highest archived offset per partition."""
+    return f"{table}_positions"
+
+
+def _positions_select(table: str) -> str:
+    return f"SELECT kafka_topic, kafka_partition, max(kafka_offset) AS max_offset FROM {table} GROUP BY kafka_topic, kafka_partition"
+
+
 def archive_statements(table: str) -> list[str]:
-    """The CREATE statements of the archive (all ``IF NOT EXISTS``)."""
+    """The CREATE statements of the archive and its positions (all ``IF NOT EXISTS``).
+
+    The positions table is fed by a materialized view, so reading the archive's position costs a
+    few rows instead of a scan of the archive. ClickHouse writes the archive's part before the
+    view's, so a position never runs ahead of the archive (a lagging one only makes a reader read
+    a longer tail from Kafka); a re-sent batch repairs it like the cube views.
+    """
     database = table.split(".", 1)[0]
     columns = ",\n    ".join(f"`{n}` {t}" for n, t in (*ARCHIVE_COLUMNS, *BOOKKEEPING_COLUMNS))
+    positions = positions_table(table)
     return [
         f"CREATE DATABASE IF NOT EXISTS {database}",
         f"CREATE TABLE IF NOT EXISTS {table} (\n    {columns},\n"
@@ -81,21 +97,30 @@ def archive_statements(table: str) -> list[str]:
         "ENGINE = MergeTree\nPARTITION BY toYYYYMM(occurred_at)\n"
         "ORDER BY (tenant, stream_id, version)\n"
         f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}",
+        f"CREATE TABLE IF NOT EXISTS {positions} (\n    `kafka_topic` LowCardinality(String),\n    `kafka_partition` UInt32,\n"
+        "    `max_offset` SimpleAggregateFunction(max, UInt64)\n)\n"
+        "ENGINE = AggregatingMergeTree\nORDER BY (kafka_topic, kafka_partition)\n"
+        f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {positions}_mv TO {positions} AS\n{_positions_select(table)}",
     ]
 
 
 def ensure_archive(client: Client, table: str) -> list[str]:
-    """Create the archive, or add the columns it lacks; return the statements that ran (idempotent)."""
+    """Create the archive and its positions, or add what they lack; return the statements that ran (idempotent)."""
     database, name = table.split(".", 1)
-    have = {
-        column
-        for (column,) in client.query(
-            "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String}", parameters={"db": database, "t": name}
-        ).result_rows
-    }
+    rows = client.query(
+        "SELECT table, name FROM system.columns WHERE database = {db:String} AND table IN ({t:String}, {p:String})",
+        parameters={"db": database, "t": name, "p": f"{name}_positions"},
+    ).result_rows
+    have = {column for t, column in rows if t == name}
+    views = {v for (v,) in client.query("SELECT name FROM system.tables WHERE database = {db:String}", parameters={"db": database}).result_rows}
+    statements = archive_statements(table)
     if not have:
-        return run_ddl(client, archive_statements(table))
-    return run_ddl(client, [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS `{n}` {t}" for n, t in (*ARCHIVE_COLUMNS, *BOOKKEEPING_COLUMNS) if n not in have])
+        return run_ddl(client, statements)
+    todo = [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS `{n}` {t}" for n, t in (*ARCHIVE_COLUMNS, *BOOKKEEPING_COLUMNS) if n not in have]
+    if f"{name}_positions" not in views:  # an archive from before positions: create and backfill them
+        todo += [*statements[2:], f"INSERT INTO {positions_table(table)}\n{_positions_select(table)}"]
+    return run_ddl(client, todo)
 
 
 def archive_row(record: Any, registry: SchemaRegistry) -> list[Any]:
@@ -133,14 +158,15 @@ def read_archive(
 ) -> tuple[pa.Table, dict[int, int]]:
     """(archived events matching the filters, in Kafka order; per partition the archive's position).
 
-    The position of a partition is its highest archived offset: every event at or below it is in
-    the table, so a reader continues in Kafka after it. Positions are read before the events, so
-    an insert landing between the two reads cannot hide an event. Values are bound server-side.
+    The position of a partition is its highest archived offset (or a little less, see
+    ``archive_statements``): every event at or below it is in the table, so a reader continues in
+    Kafka after it. Positions are read before the events, so an insert landing between the two
+    reads cannot hide an event. Values are bound server-side.
     """
     positions = {
         int(p): int(o)
         for p, o in client.query(
-            f"SELECT kafka_partition, max(kafka_offset) FROM {table} WHERE kafka_topic = {{topic:String}} GROUP BY kafka_partition",
+            f"SELECT kafka_partition, max(max_offset) FROM {positions_table(table)} WHERE kafka_topic = {{topic:String}} GROUP BY kafka_partition",
             parameters={"topic": EVENTS_TOPIC},
         ).result_rows
     }
@@ -159,7 +185,8 @@ def read_archive(
         params["types"] = list(types)
     if since is not None:
         where.append("appended_at >= {since:DateTime64(3, 'UTC')}")
-        params["since"] = since.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        # Whole milliseconds, as Kafka timestamps are: the same cut as a read from Kafka.
+        params["since"] = since.astimezone(dt.timezone.utc).replace(tzinfo=None, microsecond=since.microsecond // 1000 * 1000)
     sql = f"SELECT {', '.join(READ_COLUMNS)} FROM {table} WHERE {' AND '.join(where)} ORDER BY kafka_partition, kafka_offset"
     result = client.query(sql, parameters=params, column_formats={"value": "bytes"})
     columns = list(zip(*result.result_rows)) if result.result_rows else [[] for _ in READ_COLUMNS]

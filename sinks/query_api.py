@@ -671,6 +671,24 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+def _bad_format(fmt: str) -> web.Response:
+    return _error(400, f"unknown format {fmt!r} (use {', '.join(FORMATS)})")
+
+
+async def _run(what: str, call: Callable[..., Any], *args: Any) -> Any:
+    """``call(*args)`` in a worker thread, or the error response its exception maps to
+    (404 unknown cube or no archive, 400 bad input, 500 ClickHouse failed)."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except (UnknownCube, NoArchive) as exc:
+        return _error(404, str(exc))
+    except QueryError as exc:
+        return _error(400, str(exc))
+    except QueryFailed as exc:
+        log.warning("%s failed: %s", what, exc)
+        return _error(500, str(exc))
+
+
 def _respond(table: pa.Table, fmt: str, headers: Mapping[str, str] | None = None, **extra: Any) -> web.Response:
     return web.Response(body=encode(table, fmt, **extra), headers={"Content-Type": CONTENT_TYPES[fmt], **(headers or {})})
 
@@ -692,19 +710,13 @@ def build_query_app(settings: Settings, client: Client, lock: threading.Lock) ->
         return web.json_response({"cubes": [describe_cube(c) for c in cubes.values()]})
 
     async def query_cube(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
         fmt = request.query.get("format", "json")
         if fmt not in FORMATS:
-            return _error(400, f"unknown format {fmt!r} (use {', '.join(FORMATS)})")
-        try:
-            table, rollup = await asyncio.to_thread(local.cube_table, name, request.query)
-        except UnknownCube as exc:
-            return _error(404, str(exc))
-        except QueryError as exc:
-            return _error(400, str(exc))
-        except QueryFailed as exc:
-            log.warning("cube query failed: %s", exc)
-            return _error(500, str(exc))
+            return _bad_format(fmt)
+        outcome = await _run("cube query", local.cube_table, request.match_info["name"], request.query)
+        if isinstance(outcome, web.Response):
+            return outcome
+        table, rollup = outcome
         return _respond(table, fmt, {"X-Cube-Rollup": rollup}, rollup=rollup)
 
     async def query_sql(request: web.Request) -> web.Response:
@@ -716,27 +728,19 @@ def build_query_app(settings: Settings, client: Client, lock: threading.Lock) ->
             return _error(400, 'the body must be a JSON object with "sql" (text) and optional "format"')
         fmt = body.get("format", "json")
         if fmt not in FORMATS:
-            return _error(400, f"unknown format {fmt!r} (use {', '.join(FORMATS)})")
-        try:
-            table = await asyncio.to_thread(local.sql_table, body["sql"])
-        except QueryError as exc:
-            return _error(400, str(exc))
-        return _respond(table, fmt)
+            return _bad_format(fmt)
+        outcome = await _run("sql", local.sql_table, body["sql"])
+        return outcome if isinstance(outcome, web.Response) else _respond(outcome, fmt)
 
     async def archived_events(request: web.Request) -> web.Response:
         params = dict(request.query)
         fmt = params.get("format", "parquet")
         if fmt not in FORMATS:
-            return _error(400, f"unknown format {fmt!r} (use {', '.join(FORMATS)})")
-        try:
-            table, positions = await asyncio.to_thread(local.events, params)
-        except NoArchive as exc:
-            return _error(404, str(exc))
-        except QueryError as exc:
-            return _error(400, str(exc))
-        except QueryFailed as exc:
-            log.warning("archive read failed: %s", exc)
-            return _error(500, str(exc))
+            return _bad_format(fmt)
+        outcome = await _run("archive read", local.events, params)
+        if isinstance(outcome, web.Response):
+            return outcome
+        table, positions = outcome
         if fmt != "parquet":
             table = table.drop_columns(["value"])
         return _respond(table, fmt, {"X-Archive-Positions": positions_header(positions)}, positions={str(p): o for p, o in positions.items()})

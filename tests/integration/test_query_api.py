@@ -249,6 +249,12 @@ def test_archive_read_of_an_unknown_stream_is_empty_with_positions(port, client,
     with lock:
         ensure_archive(client, "agentstream.event_archive")
         assert ensure_archive(client, "agentstream.event_archive") == []  # idempotent
+        # An archive from before the positions table gets it, backfilled.
+        client.command("DROP VIEW agentstream.event_archive_positions_mv")
+        client.command("DROP TABLE agentstream.event_archive_positions")
+        changed = ensure_archive(client, "agentstream.event_archive")
+        assert len(changed) == 3 and changed[-1].startswith("INSERT INTO agentstream.event_archive_positions")
+        assert ensure_archive(client, "agentstream.event_archive") == []
     status, body, headers = get(port, "/events", tenant="nobody", stream_id="agent-x", from_version="3")
     assert status == 200 and pq.read_table(io.BytesIO(body)).num_rows == 0
     assert json.loads(headers["X-Archive-Positions"]) == {}
