@@ -268,6 +268,9 @@ class EventStore:
         consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, isolation_level="read_uncommitted")
         await consumer.start()
         try:
+            # Metadata first: without it end_offsets waits a retry backoff (100 ms) to learn the leaders.
+            for topic in {tp.topic for tp in tps}:
+                await topic_partitions(consumer, topic)
             return await consumer.end_offsets(tps)
         finally:
             await consumer.stop()
