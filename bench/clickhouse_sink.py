@@ -199,7 +199,7 @@ def main() -> None:
         f"facts: {args.facts:,} over {TENANTS} tenants x {AGENTS_PER_TENANT} agents, {len(AGENT_TYPES)} agent types, {len(REGIONS)} regions, "
         f"30 days, {PARTITIONS} partitions; {batches_sink} batches of up to {args.batch_size:,} rows each side"
     )
-    print("schema: facts table + minute/hour/day cube tables and views (ensure_schema), one fresh database per side")
+    print("schema: facts table + the declared cube roll-ups (minute/hour/day, all-tenant hour/day) and their views (ensure_schema), one fresh database per side")
     print(f"check: facts, minute (30-day TTL drops the oldest minutes), hour, day counts = {checks['bench_sink']} (sink) / {checks['bench_bare']} (bare)")
     print(f"agentstream FactsSink.add (+flush of partial tails): {sink_rate:,.0f} rows/s ({t_sink:.1f} s)")
     print(f"baseline bare client.insert, same rows and batches:  {bare_rate:,.0f} rows/s ({t_bare:.1f} s)")
