@@ -181,6 +181,11 @@ class TableSink:
     as nothing else calls the sink meanwhile). See the module docstring for the protocol.
     """
 
+    #: The table must stay a prefix of the topic: a consumer re-reads what ClickHouse lacks below
+    #: the committed offset (sinks/sink_consumer.py). Off where a TTL may delete a partition's
+    #: newest rows: re-reading them would count them again in the views.
+    keeps_prefix: bool = False
+
     def __init__(
         self,
         client: Client,

@@ -141,6 +141,8 @@ def archive_row(record: Any, registry: SchemaRegistry) -> list[Any]:
 class ArchiveSink(TableSink):
     """The exactly-once writer of ``events.platform`` records (``add`` takes the ConsumerRecord) into the archive."""
 
+    keeps_prefix = True  # fast reads rely on it; the archive has no TTL
+
     def __init__(self, client: Client, table: str, registry: SchemaRegistry | None = None, **options: Any) -> None:
         registry = registry or default_registry()
         super().__init__(client, table, EVENTS_TOPIC, [n for n, _ in ARCHIVE_COLUMNS], lambda record: archive_row(record, registry), **options)

@@ -69,7 +69,7 @@ class _Handoff(ConsumerRebalanceListener):
             return
         for topic, sink in self.runner.sinks.items():
             partitions = [tp.partition for tp in assigned if tp.topic == topic]
-            if not partitions:
+            if not partitions or not sink.keeps_prefix:
                 continue
             held = await asyncio.to_thread(self.runner.with_sinks, sink.resume_offsets, partitions)
             for partition in partitions:
@@ -91,8 +91,8 @@ def rewind_to(committed: int | None, held: int | None) -> int | None:
     The commit never passes rows ClickHouse has not acknowledged, so a commit beyond ``held + 1``
     means ClickHouse lost rows or is another database (a new path, a restored backup): re-read
     from the first offset it lacks, so the table is again a prefix of the topic (the events
-    archive relies on it). The few records between (skipped or transaction markers) are read
-    again and skipped again.
+    archive relies on it; see ``TableSink.keeps_prefix``). The few records between (skipped or
+    transaction markers) are read again and skipped again.
     """
     if committed is None:
         return None  # no commit: the consumer starts at the beginning anyway
