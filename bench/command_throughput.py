@@ -20,21 +20,9 @@ import argparse
 import asyncio
 import os
 import platform
-import tempfile
 import time
-from pathlib import Path
 
 TENANTS = 100
-
-
-def _environment(data_dir: Path) -> dict[str, str]:
-    return {
-        "AGENTSTREAM_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:59092",
-        "AGENTSTREAM_REDIS_URL": "redis://127.0.0.1:56379/0",
-        "AGENTSTREAM_DATA_DIR": str(data_dir),
-        "AGENTSTREAM_WEB_PORT": "6766",
-        "AGENTSTREAM_LOG_LEVEL": "warn",
-    }
 
 
 async def _agentstream(settings, commands: int) -> float:
@@ -114,30 +102,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commands", type=int, default=20_000)
     args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="agentstream-bench-"))
-    os.environ.update(_environment(data_dir))
 
-    from connectors.kafka_admin import apply
-    from connectors.local_stack import LocalStack
-    from streams.settings import get_settings
+    from own_stack import own_stack
+
     from streams.supervisor import WorkerProcess
-    from streams.topology import load_topology
 
-    settings = get_settings()
-    stack = LocalStack(settings)
-    stack.up(echo=lambda line: None)
-    worker = None
-    try:
-        apply(load_topology(settings.topology_path), settings, echo=lambda line: None)
-        worker = WorkerProcess(data_dir / "worker.log").start()
-        ours = asyncio.run(_agentstream(settings, args.commands))
-        worker.stop()
-        worker = None
-        base = asyncio.run(_baseline(settings, args.commands))
-    finally:
-        if worker is not None:
+    with own_stack("agentstream-bench-", 59092, 56379, AGENTSTREAM_WEB_PORT="6766") as settings:
+        worker = WorkerProcess(settings.data_dir / "worker.log").start()
+        try:
+            ours = asyncio.run(_agentstream(settings, args.commands))
+        finally:
             worker.stop()
-        stack.down(echo=lambda line: None)
+        base = asyncio.run(_baseline(settings, args.commands))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, {platform.platform()}")
     print(f"commands: {args.commands} over {TENANTS} tenants, one worker, exactly once")
     print(f"agentstream end to end (send -> result): {ours:,.0f} commands/s")

@@ -27,26 +27,13 @@ import json
 import os
 import platform
 import random
-import shutil
-import tempfile
 import time
 import urllib.request
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 
 SINK_PORT = 6967
-
-
-def _environment(data_dir: Path) -> dict[str, str]:
-    return {
-        "AGENTSTREAM_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:59392",
-        "AGENTSTREAM_REDIS_URL": "redis://127.0.0.1:56579/0",
-        "AGENTSTREAM_DATA_DIR": str(data_dir),
-        "AGENTSTREAM_SINK_PORT": str(SINK_PORT),
-        "AGENTSTREAM_LOG_LEVEL": "warn",
-    }
 
 
 async def _load(settings, tenants: int, agents: int, versions: int) -> int:
@@ -95,55 +82,43 @@ def main() -> None:
     parser.add_argument("--versions", type=int, default=50)
     parser.add_argument("--reads", type=int, default=50)
     args = parser.parse_args()
-    data_dir = Path(tempfile.mkdtemp(prefix="agentstream-bench-reads-"))
-    os.environ.update(_environment(data_dir))
+    from own_stack import own_stack
 
-    from connectors.kafka_admin import apply
-    from connectors.local_stack import LocalStack
     from streams.event_store import EventStore
-    from streams.settings import get_settings
     from streams.supervisor import WorkerProcess
-    from streams.topology import load_topology
 
-    settings = get_settings()
-    stack = LocalStack(settings)
-    stack.up(echo=lambda line: None)
-    sink = None
-    try:
-        apply(load_topology(settings.topology_path), settings, echo=lambda line: None)
-        sink = WorkerProcess(data_dir / "sink.log", args=["sink"]).start()
-        load_started = time.perf_counter()
-        total = asyncio.run(_load(settings, args.tenants, args.agents, args.versions))
-        deadline = time.monotonic() + 900
-        while _archived() < total and time.monotonic() < deadline:
-            time.sleep(1)
-        assert _archived() == total, f"the archive holds {_archived()} of {total} events\n{sink.log_tail()}"
-        load_s = time.perf_counter() - load_started
+    with own_stack("agentstream-bench-reads-", 59392, 56579, AGENTSTREAM_SINK_PORT=str(SINK_PORT)) as settings:
+        sink = WorkerProcess(settings.data_dir / "sink.log", args=["sink"]).start()
+        try:
+            load_started = time.perf_counter()
+            total = asyncio.run(_load(settings, args.tenants, args.agents, args.versions))
+            deadline = time.monotonic() + 900
+            while _archived() < total and time.monotonic() < deadline:
+                time.sleep(1)
+            assert _archived() == total, f"the archive holds {_archived()} of {total} events\n{sink.log_tail()}"
+            load_s = time.perf_counter() - load_started
 
-        fast, kafka = EventStore(settings), EventStore(settings, use_archive=False)
-        rng = random.Random(3)
-        streams = [(f"t{rng.randrange(args.tenants)}", f"agent-a{rng.randrange(args.agents)}") for _ in range(args.reads)]
-        fast_s, kafka_s = [], []
+            fast, kafka = EventStore(settings), EventStore(settings, use_archive=False)
+            rng = random.Random(3)
+            streams = [(f"t{rng.randrange(args.tenants)}", f"agent-a{rng.randrange(args.agents)}") for _ in range(args.reads)]
+            fast_s, kafka_s = [], []
 
-        async def run() -> None:
-            await fast.get_events(*streams[0])  # warm-up: finds the sink, opens connections
-            await kafka.get_events(*streams[0])
-            for i, stream in enumerate(streams):
-                order = ((fast, fast_s), (kafka, kafka_s)) if i % 2 == 0 else ((kafka, kafka_s), (fast, fast_s))
-                results = []
-                for store, samples in order:
-                    started = time.perf_counter()
-                    results.append(await store.get_events(*stream))
-                    samples.append(time.perf_counter() - started)
-                assert results[0] == results[1] and len(results[0]) == args.versions, stream
-                assert fast.last_read == "archive+kafka"
+            async def run() -> None:
+                await fast.get_events(*streams[0])  # warm-up: finds the sink, opens connections
+                await kafka.get_events(*streams[0])
+                for i, stream in enumerate(streams):
+                    order = ((fast, fast_s), (kafka, kafka_s)) if i % 2 == 0 else ((kafka, kafka_s), (fast, fast_s))
+                    results = []
+                    for store, samples in order:
+                        started = time.perf_counter()
+                        results.append(await store.get_events(*stream))
+                        samples.append(time.perf_counter() - started)
+                    assert results[0] == results[1] and len(results[0]) == args.versions, stream
+                    assert fast.last_read == "archive+kafka"
 
-        asyncio.run(run())
-    finally:
-        if sink is not None:
+            asyncio.run(run())
+        finally:
             sink.stop()
-        stack.down(echo=lambda line: None)
-        shutil.rmtree(data_dir, ignore_errors=True)
 
     f50, f95 = np.percentile(np.array(fast_s) * 1000, [50, 95])
     k50, k95 = np.percentile(np.array(kafka_s) * 1000, [50, 95])

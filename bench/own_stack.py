@@ -1,0 +1,48 @@
+"""The local services a benchmark runs on: its own ports and data directory, stopped after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
+
+
+@contextmanager
+def own_stack(prefix: str, kafka_port: int, redis_port: int, **env: str) -> Iterator["Settings"]:
+    """Kafka (KRaft) and redis-server on 127.0.0.1 at the given ports with the topology applied.
+
+    The settings come from ``AGENTSTREAM_*`` variables set here (plus ``env``, e.g.
+    ``AGENTSTREAM_SINK_PORT``), so child processes (workers, sinks) inherit them. On exit the
+    services are stopped and the temporary data directory deleted.
+    """
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update(
+        {
+            "AGENTSTREAM_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{kafka_port}",
+            "AGENTSTREAM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "AGENTSTREAM_DATA_DIR": str(data_dir),
+            "AGENTSTREAM_LOG_LEVEL": "warn",
+            **env,
+        }
+    )
+    from connectors.kafka_admin import apply
+    from connectors.local_stack import LocalStack
+    from streams.settings import get_settings
+    from streams.topology import load_topology
+
+    get_settings.cache_clear()
+    settings = get_settings()
+    stack = LocalStack(settings)
+    stack.up(echo=lambda line: None)
+    try:
+        apply(load_topology(settings.topology_path), settings, echo=lambda line: None)
+        yield settings
+    finally:
+        stack.down(echo=lambda line: None)
+        shutil.rmtree(data_dir, ignore_errors=True)
