@@ -229,8 +229,8 @@ class EventStore:
         ``settle_s`` are left out.
         """
         consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, isolation_level="read_committed")
-        await consumer.start()
         try:
+            await consumer.start()  # inside: a consumer that failed to start is closed too
             ordered = await topic_partitions(consumer, topic)
             if key is not None:
                 ordered = [DefaultPartitioner()(key, ordered, ordered)]
@@ -266,8 +266,8 @@ class EventStore:
 
     async def _high_watermarks(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         consumer = AIOKafkaConsumer(**aiokafka_config(self.settings), enable_auto_commit=False, isolation_level="read_uncommitted")
-        await consumer.start()
         try:
+            await consumer.start()
             # Metadata first: without it end_offsets waits a retry backoff (100 ms) to learn the leaders.
             for topic in {tp.topic for tp in tps}:
                 await topic_partitions(consumer, topic)

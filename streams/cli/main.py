@@ -11,6 +11,7 @@ from streams.cli.analytics_commands import cube_cli, export_cli, sql
 from streams.cli.console import console, fail
 from streams.cli.demo import demo
 from streams.cli.dev_commands import dev
+from streams.cli.event_commands import events_cli
 from streams.cli.projection_commands import agents_cli, projections_cli
 from streams.cli.schema_commands import schemas_cli
 from streams.cli.topology_commands import topology_cli
@@ -26,6 +27,7 @@ cli.add_typer(schemas_cli, name="schemas")
 cli.add_typer(topology_cli, name="topology")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(agents_cli, name="agents")
+cli.add_typer(events_cli, name="events")
 cli.command()(demo)
 cli.add_typer(cube_cli, name="cube")
 cli.add_typer(export_cli, name="export")

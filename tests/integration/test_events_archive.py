@@ -8,6 +8,7 @@ must stitch archive and tail together and return exactly what a Kafka-only read 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from streams.client import CommandClient
 from streams.event_store import EventStore
 from streams.messages import CommandAccepted
 from streams.supervisor import WorkerProcess
-from tests.helpers import tenant
+from tests.helpers import run_cli, tenant
 
 pytestmark = pytest.mark.integration
 
@@ -99,6 +100,13 @@ def test_fast_reads_stitch_archive_and_kafka_tail(worker, applied, tmp_path: Pat
 
         asyncio.run(compare())
 
+        # The CLI reads the same way.
+        out = run_cli("events", "stream", "agent-a1", "--tenant", t, "--from-version", "70", "--format", "json")
+        assert out.returncode == 0, out.stderr
+        assert [e["version"] for e in json.loads(out.stdout)] == list(range(71, 81))
+        out = run_cli("events", "by-type", "AgentConfigured", "--since", since.isoformat(), "--tenant", t)
+        assert out.returncode == 0 and "79 event(s), read via archive+kafka" in out.stdout, out.stdout + out.stderr
+
         # SQL on the archive: the payload is JSON text of the event at its newest schema.
         rows = queries.sql(
             f"SELECT version, event_type, JSONExtractString(payload, 'agent_id') AS agent FROM {ARCHIVE} "
@@ -115,3 +123,17 @@ def test_fast_reads_stitch_archive_and_kafka_tail(worker, applied, tmp_path: Pat
         assert fast.last_read == "kafka" and [e.meta.version for e in alone] == list(range(1, 81))
     finally:
         sink.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["by-type", "Bogus", "--since", "2026-01-01"], "unknown event type(s) Bogus"),
+        (["by-type", "TaskFailed", "--since", "yesterday"], "not an ISO-8601 time"),
+        (["stream", "agent-a1", "--tenant", "bad tenant!"], "bad tenant id"),
+        (["stream", "agent-a1", "--tenant", "ok", "--format", "xml"], "unknown format 'xml'"),
+    ],
+)
+def test_events_cli_bad_input_exits_2(args, fragment):
+    out = run_cli("events", *args)
+    assert out.returncode == 2 and fragment in " ".join(out.stderr.split()), out.stderr
