@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 import pytest
@@ -26,7 +28,7 @@ def _docker_engine() -> bool:
 
 
 @pytest.fixture(scope="session")
-def settings() -> Iterator[Settings]:
+def settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
     """Settings pointing at running Kafka and Redis for the whole session (started here)."""
     if _docker_engine():
         from testcontainers.kafka import KafkaContainer
@@ -51,6 +53,11 @@ def settings() -> Iterator[Settings]:
         yield current
     finally:
         stack.down(echo=lambda line: print(line, file=sys.stderr))
+        logs = current.data_dir / "logs"
+        if request.session.testsfailed and logs.is_dir():  # the workers' logs outlive a failed run
+            kept = Path(tempfile.mkdtemp(prefix="agentstream-test-logs-"))
+            shutil.copytree(logs, kept, dirs_exist_ok=True)
+            print(f"worker logs of the failed run kept in {kept}", file=sys.stderr)
         shutil.rmtree(current.data_dir, ignore_errors=True)
 
 
