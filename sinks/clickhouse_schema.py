@@ -111,7 +111,8 @@ class CubeTables:
     views: dict[str, str]  # granularity -> materialized view feeding it
     all_tenants: dict[str, str]  # granularity -> the roll-up without the tenant dimension
 
-    def view_of(self, table: str) -> str:
+    @staticmethod
+    def view_of(table: str) -> str:
         """The materialized view that feeds a cube table."""
         return f"{table}_mv"
 
@@ -121,7 +122,7 @@ def cube_tables(cube: CubeSpec) -> CubeTables:
     db = cube.database
     rollups = {g: f"{db}.{cube.name}_{g}" for g in ("minute", "hour", "day") if g in cube.rollups}
     all_tenants = {g: f"{t}_all" for g, t in rollups.items() if g in cube.all_tenant_rollups}
-    return CubeTables(db, f"{db}.{cube.facts_table}", rollups, {g: f"{t}_mv" for g, t in rollups.items()}, all_tenants)
+    return CubeTables(db, f"{db}.{cube.facts_table}", rollups, {g: CubeTables.view_of(t) for g, t in rollups.items()}, all_tenants)
 
 
 def cube_dimensions(cube: CubeSpec, all_tenants: bool = False) -> list[str]:
@@ -181,8 +182,10 @@ def _view_select(cube: CubeSpec, granularity: str, tables: CubeTables, all_tenan
 
 @dataclass(frozen=True)
 class _Rollup:
-    """One roll-up table: its DDL, its view's DDL, and where a backfill reads from."""
+    """One roll-up table: what it aggregates, its DDL, its view's DDL, and where a backfill reads from."""
 
+    granularity: str
+    all_tenants: bool
     table: str
     view: str
     source: str
@@ -201,7 +204,7 @@ def _rollups(cube: CubeSpec) -> list[_Rollup]:
         view = tables.view_of(table)
         out.append(
             _Rollup(
-                table, view, source, _rollup_ddl(cube, granularity, table, all_tenants),
+                granularity, all_tenants, table, view, source, _rollup_ddl(cube, granularity, table, all_tenants),
                 f"CREATE MATERIALIZED VIEW IF NOT EXISTS {view} TO {table} AS\n{select}", f"INSERT INTO {table}\n{select}",
             )
         )
@@ -265,16 +268,15 @@ def ensure_schema(client: Client, cube: CubeSpec) -> list[str]:
     if facts_cols is not None:
         todo += [f"ALTER TABLE {tables.facts} ADD COLUMN IF NOT EXISTS `{n}` {t}" for n, t in FACT_COLUMNS if n not in facts_cols]
     ttl_of = {tables.facts: ("toDateTime(event_time)", cube.ttl_days_raw)}
-    cube_tables_of = [(g, t, False) for g, t in tables.rollups.items()] + [(g, t, True) for g, t in tables.all_tenants.items()]
-    for granularity, table, all_tenants in cube_tables_of:
-        ttl_of[table] = ("ts", getattr(cube, f"ttl_days_{granularity}"))
-        have = columns.get(table)
+    for rollup in rollups:
+        ttl_of[rollup.table] = ("ts", getattr(cube, f"ttl_days_{rollup.granularity}"))
+        have = columns.get(rollup.table)
         if have is None:
             continue
-        want = {*cube_dimensions(cube, all_tenants), "ts", *(n for n, *_ in STATE_COLUMNS)}
+        want = {*cube_dimensions(cube, rollup.all_tenants), "ts", *(n for n, *_ in STATE_COLUMNS)}
         if set(have) != want:
             raise SchemaError(
-                f"{table} has columns {sorted(have)} but cube '{cube.name}' needs {sorted(want)}: "
+                f"{rollup.table} has columns {sorted(have)} but cube '{cube.name}' needs {sorted(want)}: "
                 "a cube's dimensions cannot change in place; declare a new cube (or drop the old tables)"
             )
     for table, (expr, days) in ttl_of.items():

@@ -48,11 +48,13 @@ ARCHIVE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("value", "String CODEC(ZSTD(3))"),
 )
 
-#: What a read of the archive returns, in this order.
-READ_COLUMNS: tuple[str, ...] = (
-    "tenant", "stream_id", "version", "event_type", "schema_version", "event_id", "command_id",
-    "occurred_at", "appended_at", "value", "kafka_partition", "kafka_offset",
-)
+#: What a read of the archive returns, in this order, as Arrow types.
+READ_COLUMNS: Mapping[str, pa.DataType] = {
+    "tenant": pa.string(), "stream_id": pa.string(), "version": pa.int64(), "event_type": pa.string(),
+    "schema_version": pa.int32(), "event_id": pa.string(), "command_id": pa.string(),
+    "occurred_at": pa.timestamp("us", tz="UTC"), "appended_at": pa.timestamp("ms", tz="UTC"),
+    "value": pa.binary(), "kafka_partition": pa.int32(), "kafka_offset": pa.int64(),
+}
 
 
 class InvalidEvent(InvalidRow):
@@ -78,6 +80,17 @@ def _positions_select(table: str) -> str:
     return f"SELECT kafka_topic, kafka_partition, max(kafka_offset) AS max_offset FROM {table} GROUP BY kafka_topic, kafka_partition"
 
 
+def _positions_statements(table: str) -> list[str]:
+    positions = positions_table(table)
+    return [
+        f"CREATE TABLE IF NOT EXISTS {positions} (\n    `kafka_topic` LowCardinality(String),\n    `kafka_partition` UInt32,\n"
+        "    `max_offset` SimpleAggregateFunction(max, UInt64)\n)\n"
+        "ENGINE = AggregatingMergeTree\nORDER BY (kafka_topic, kafka_partition)\n"
+        f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {positions}_mv TO {positions} AS\n{_positions_select(table)}",
+    ]
+
+
 def archive_statements(table: str) -> list[str]:
     """The CREATE statements of the archive and its positions (all ``IF NOT EXISTS``).
 
@@ -88,7 +101,6 @@ def archive_statements(table: str) -> list[str]:
     """
     database = table.split(".", 1)[0]
     columns = ",\n    ".join(f"`{n}` {t}" for n, t in (*ARCHIVE_COLUMNS, *BOOKKEEPING_COLUMNS))
-    positions = positions_table(table)
     return [
         f"CREATE DATABASE IF NOT EXISTS {database}",
         f"CREATE TABLE IF NOT EXISTS {table} (\n    {columns},\n"
@@ -97,29 +109,24 @@ def archive_statements(table: str) -> list[str]:
         "ENGINE = MergeTree\nPARTITION BY toYYYYMM(occurred_at)\n"
         "ORDER BY (tenant, stream_id, version)\n"
         f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}",
-        f"CREATE TABLE IF NOT EXISTS {positions} (\n    `kafka_topic` LowCardinality(String),\n    `kafka_partition` UInt32,\n"
-        "    `max_offset` SimpleAggregateFunction(max, UInt64)\n)\n"
-        "ENGINE = AggregatingMergeTree\nORDER BY (kafka_topic, kafka_partition)\n"
-        f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}",
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {positions}_mv TO {positions} AS\n{_positions_select(table)}",
+        *_positions_statements(table),
     ]
 
 
 def ensure_archive(client: Client, table: str) -> list[str]:
     """Create the archive and its positions, or add what they lack; return the statements that ran (idempotent)."""
     database, name = table.split(".", 1)
+    positions = positions_table(table)
     rows = client.query(
         "SELECT table, name FROM system.columns WHERE database = {db:String} AND table IN ({t:String}, {p:String})",
-        parameters={"db": database, "t": name, "p": f"{name}_positions"},
+        parameters={"db": database, "t": name, "p": positions.split(".", 1)[1]},
     ).result_rows
     have = {column for t, column in rows if t == name}
-    views = {v for (v,) in client.query("SELECT name FROM system.tables WHERE database = {db:String}", parameters={"db": database}).result_rows}
-    statements = archive_statements(table)
     if not have:
-        return run_ddl(client, statements)
+        return run_ddl(client, archive_statements(table))
     todo = [f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS `{n}` {t}" for n, t in (*ARCHIVE_COLUMNS, *BOOKKEEPING_COLUMNS) if n not in have]
-    if f"{name}_positions" not in views:  # an archive from before positions: create and backfill them
-        todo += [*statements[2:], f"INSERT INTO {positions_table(table)}\n{_positions_select(table)}"]
+    if len(have) == len(rows):  # no positions columns: an archive from before them; create and backfill
+        todo += [*_positions_statements(table), f"INSERT INTO {positions}\n{_positions_select(table)}"]
     return run_ddl(client, todo)
 
 
@@ -192,15 +199,7 @@ def read_archive(
     sql = f"SELECT {', '.join(READ_COLUMNS)} FROM {table} WHERE {' AND '.join(where)} ORDER BY kafka_partition, kafka_offset"
     result = client.query(sql, parameters=params, column_formats={"value": "bytes"})
     columns = list(zip(*result.result_rows)) if result.result_rows else [[] for _ in READ_COLUMNS]
-    return pa.table({name: pa.array(list(values), _ARROW_TYPES[name]) for name, values in zip(READ_COLUMNS, columns)}), positions
-
-
-_ARROW_TYPES: Mapping[str, pa.DataType] = {
-    "tenant": pa.string(), "stream_id": pa.string(), "version": pa.int64(), "event_type": pa.string(),
-    "schema_version": pa.int32(), "event_id": pa.string(), "command_id": pa.string(),
-    "occurred_at": pa.timestamp("us", tz="UTC"), "appended_at": pa.timestamp("ms", tz="UTC"),
-    "value": pa.binary(), "kafka_partition": pa.int32(), "kafka_offset": pa.int64(),
-}
+    return pa.table({name: pa.array(list(values), kind) for (name, kind), values in zip(READ_COLUMNS.items(), columns)}), positions
 
 
 def archive_headers(row: Mapping[str, Any]) -> list[tuple[str, bytes]]:

@@ -554,13 +554,16 @@ class QueryClient:
             self._topology = load_topology(self.settings.topology_path)
         return self._topology
 
+    def _use_sink(self) -> _Remote:
+        self._backend, self.via = _Remote(_sink_url(self.settings), self.timeout), "sink"
+        return self._backend
+
     def _connect(self) -> _Local | _Remote:
         if self._backend is not None:
             return self._backend
         url = _sink_url(self.settings)
         if sink_answers(self.settings, self.probe_timeout):
-            self._backend, self.via = _Remote(url, self.timeout), "sink"
-            return self._backend
+            return self._use_sink()
         from connectors.clickhouse import clickhouse_client
 
         ch_url = self.settings.clickhouse_url
@@ -590,8 +593,10 @@ class QueryClient:
     def cubes(self) -> list[dict[str, Any]]:
         """The declared cubes (name, description, dimensions, measures, rollups): from the sink when
         it answers, else from the local topology (no ClickHouse needed)."""
-        if self._backend is None and not sink_answers(self.settings, self.probe_timeout):
-            return [describe_cube(c) for c in self.topology().cubes]
+        if self._backend is None:
+            if not sink_answers(self.settings, self.probe_timeout):
+                return [describe_cube(c) for c in self.topology().cubes]
+            self._use_sink()  # it answered just now: no second probe
         backend = self._connect()
         if isinstance(backend, _Remote):
             return backend.cubes()

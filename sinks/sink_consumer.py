@@ -120,13 +120,6 @@ class SinkConsumer:
             self._inputs[EVENTS_TOPIC] = lambda record: record
         self.consumer: AIOKafkaConsumer | None = None
         self._committed: dict[tuple[str, int], int] = {}
-        self.rows_seen = 0
-        self.rejected = 0
-
-    def locked(self, call: Any, *args: Any) -> Any:
-        """Run ``call`` holding the ClickHouse lock (from a worker thread)."""
-        with self.lock:
-            return call(*args)
 
     def with_sinks(self, call: Any, *args: Any) -> Any:
         """Run ``call`` holding the sinks' lock (from a worker thread); the sinks take the ClickHouse lock per call."""
@@ -143,11 +136,9 @@ class SinkConsumer:
             for tp, records in batch.items():
                 sink, decode = self.sinks[tp.topic], self._inputs[tp.topic]
                 for record in records:
-                    self.rows_seen += 1
                     try:
                         sink.add(tp.partition, record.offset, decode(record))
                     except (ValueError, InvalidRow) as exc:
-                        self.rejected += 1
                         log.error("sink: %s record at %s:%s rejected and skipped: %s", tp.topic, tp.partition, record.offset, exc)
                         sink.skip(tp.partition, record.offset)
             for sink in self.sinks.values():

@@ -61,11 +61,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: A tenant id as every message carries it (the Kafka key of commands and events).
+TenantId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+_TENANT_ID = TypeAdapter(TenantId)
+
+
+def check_tenant_id(value: str) -> str:
+    """``value`` if it is a valid tenant id, else EnvelopeError saying why."""
+    try:
+        return _TENANT_ID.validate_python(value)
+    except ValidationError as exc:
+        raise EnvelopeError(f"bad tenant id {value!r}: {exc.errors()[0]['msg']}") from exc
+
+
 class CommandMeta(HeaderModel):
     """Who sends which command for which tenant, and what version they expect."""
 
     command_id: str = Field(min_length=1, max_length=128)
-    tenant_id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    tenant_id: TenantId
     expected_version: int | None = Field(default=None, ge=0)
     issued_at: datetime = Field(default_factory=utcnow)
     principal: str | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Coroutine
 
 import typer
 from rich.table import Table
@@ -36,15 +36,15 @@ def _store(kafka_only: bool) -> "EventStore":
 
 
 def _check_tenant(tenant: str) -> None:
-    from streams.messages import CommandMeta, EnvelopeError
+    from streams.messages import EnvelopeError, check_tenant_id
 
     try:
-        CommandMeta.from_headers({"agentstream.command_id": b"cli", "agentstream.tenant_id": tenant.encode()})
+        check_tenant_id(tenant)
     except EnvelopeError as exc:
-        fail(f"bad tenant id {tenant!r}: {exc}", code=2)
+        fail(str(exc), code=2)
 
 
-def _read(store: "EventStore", call) -> list["StoredEvent"]:
+def _read(call: Coroutine[Any, Any, list["StoredEvent"]]) -> list["StoredEvent"]:
     from aiokafka.errors import KafkaError
 
     try:
@@ -92,7 +92,7 @@ def stream(
     _format(fmt)
     _check_tenant(tenant)
     store = _store(kafka_only)
-    events = _read(store, store.get_events(tenant, stream_id, from_version))
+    events = _read(store.get_events(tenant, stream_id, from_version))
     _show(events, fmt, store.last_read, f"{tenant} / {stream_id}")
 
 
@@ -121,5 +121,5 @@ def by_type(
     if tenant is not None:
         _check_tenant(tenant)
     store = _store(kafka_only)
-    events = _read(store, store.get_events_by_type(wanted, moment, tenant_id=tenant))
+    events = _read(store.get_events_by_type(wanted, moment, tenant_id=tenant))
     _show(events, fmt, store.last_read, f"{', '.join(wanted)} since {moment.isoformat()}" + (f" ({tenant})" if tenant else ""))
