@@ -16,6 +16,7 @@ import faust
 from schemas import SchemaError, default_registry
 from streams.app import agent_tables, app, topology
 from streams.facts import fold
+from streams.faust_fixes import exactly_once, transactional_table
 from streams.handlers import events_topic
 from streams.messages import EnvelopeError, EventMeta
 
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 FACTS = "facts.tasks"
 
 facts_topic = app.topic(FACTS, partitions=topology.topic(FACTS).partitions, key_serializer="raw", value_serializer="raw")
-task_context = app.Table(
+task_context = transactional_table(
+    app,
     "task_context",
     default=None,
     partitions=topology.table_partitions("task_context"),
@@ -46,11 +48,9 @@ async def facts_builder(stream: faust.StreamT) -> None:
         except (SchemaError, EnvelopeError) as exc:
             log.warning("facts_builder: skipping unreadable event at %s:%s: %s", message.partition, message.offset, exc)
             continue
-        changes, fact = fold(name, payload.model_dump(), meta, task_context)
-        for key, value in changes.items():
-            if value is None:
-                task_context.pop(key, None)
-            else:
-                task_context[key] = value
-        if fact is not None:
-            await facts_topic.send(key=meta.tenant_id.encode(), value=json.dumps(fact).encode())
+        async with exactly_once(event):
+            changes, fact = fold(name, payload.model_dump(), meta, task_context)
+            if fact is not None:
+                await facts_topic.send(key=meta.tenant_id.encode(), value=json.dumps(fact).encode())
+            for key, value in changes.items():
+                await task_context.write(key, value)

@@ -1,19 +1,60 @@
-"""A correction to faust-streaming 0.15.3 that exactly-once recovery depends on.
+"""Corrections to faust-streaming 0.15.3 that exactly-once processing depends on.
 
-With ``processing_guarantee="exactly_once"`` Faust reads changelog highwaters from
-``consumer.last_stable_offset(tp)``, which aiokafka only knows after it has fetched from that
-partition. Right after a rebalance a newly assigned changelog partition has not been fetched, so
-the highwater reads as None, Faust turns it into -1, and recovery crashes the worker with
-``ConsistencyError: The persisted offset ... is higher than the last offset in that topic
-(highwater) (N > -1)``. Asking the broker (``end_offsets``, which honours the consumer's
-``read_committed`` isolation and so returns the last stable offset) gives the right answer.
+1. **Changelog highwaters from the broker.** With ``processing_guarantee="exactly_once"`` Faust
+   reads changelog highwaters from ``consumer.last_stable_offset(tp)``, which aiokafka only knows
+   after it has fetched from that partition. Right after a rebalance a newly assigned changelog
+   partition has not been fetched, the highwater reads as -1 and recovery crashes the worker with
+   ``ConsistencyError``. Asking the broker (``end_offsets``, which honours ``read_committed`` and
+   so returns the last stable offset) gives the right answer.
+
+2. **Commits only between events.** Faust commits (``send_offsets_to_transaction`` then
+   ``commit_transaction`` then ``begin_transaction``) while agents keep running. A record sent
+   while a transaction is committing fails with ``IllegalOperation`` ("Can't send messages while
+   not in transaction"), which crashes an agent half-way through an event or, for table
+   changelogs, Faust's producer buffer for good; and an event's records can land in one
+   transaction while its offset commits in the next. ``CommitBarrier`` lets a commit start only
+   when no event is being processed, and holds new events back while it runs.
+
+3. **Table changes in the event's transaction.** ``table[key] = value`` hands the changelog
+   record to a background buffer, so it may reach Kafka after the event's offset committed (lost
+   if the worker dies in between) or during a commit (see 2). ``TransactionalTable.write`` sends
+   the changelog record itself, inside the event's transaction, and only then changes the local
+   store.
+
+4. **Offsets past records a reader never sees.** Faust commits an offset only up to the first
+   gap in the acked offsets, and fills gaps only between two records of one fetch. A
+   ``read_committed`` consumer never sees aborted records or transaction markers, so a gap at
+   the head (right after a start, a seek or a rebalance) is never filled and the partition's
+   offset stops advancing for good, while its records keep committing: after the next crash the
+   commands behind that offset are decided a second time. Each agent handles a partition's
+   records in order and a record shared by several agents is acked when the last one is done,
+   so an acked offset means every earlier delivered record was handled: the committable offset
+   is simply one past the highest acked offset.
+
+Agents that write to Kafka process each event inside ``exactly_once(event)``, which applies 2
+and decides what a failed write means (see there).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import asyncio
+import logging
+import os
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Mapping
 
+import faust
+from aiokafka.errors import IllegalOperation, KafkaError
+from faust.exceptions import ProducerSendError
+from faust.streams import current_event
+from faust.transport.consumer import Consumer, TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import EventT
+
+log = logging.getLogger(__name__)
+
+#: Exit status of a worker that could not finish an event's writes in a partition it still owns.
+UNFINISHED_TRANSACTION_EXIT = 75
 
 
 async def _highwaters_from_broker(self: Any, partitions: list) -> Mapping[Any, int]:
@@ -21,6 +62,130 @@ async def _highwaters_from_broker(self: Any, partitions: list) -> Mapping[Any, i
     return await consumer.end_offsets(partitions)
 
 
+class CommitBarrier:
+    """Keeps transaction commits and event processing apart (correction 2).
+
+    Any number of events may be processed at once; a commit waits until none is in progress, and
+    events that arrive while it runs wait until it is done. Leaving ``processing`` never suspends,
+    so Faust acks the event before any commit can run.
+    """
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._idle: asyncio.Event | None = None
+        self._open: asyncio.Event | None = None
+        self._commit_lock: asyncio.Lock | None = None
+
+    def _events(self) -> tuple[asyncio.Event, asyncio.Event, asyncio.Lock]:
+        if self._idle is None or self._open is None or self._commit_lock is None:  # made on the running loop
+            self._idle, self._open, self._commit_lock = asyncio.Event(), asyncio.Event(), asyncio.Lock()
+            self._idle.set()
+            self._open.set()
+        return self._idle, self._open, self._commit_lock
+
+    @asynccontextmanager
+    async def processing(self) -> AsyncIterator[None]:
+        """Process one event; waits while a commit runs."""
+        idle, open_, _ = self._events()
+        while not open_.is_set():
+            await open_.wait()
+        self._active += 1
+        idle.clear()
+        try:
+            yield
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                idle.set()
+
+    @asynccontextmanager
+    async def committing(self) -> AsyncIterator[None]:
+        """Commit once no event is being processed; no event starts until the commit is done."""
+        idle, open_, lock = self._events()
+        async with lock:
+            open_.clear()
+            try:
+                await idle.wait()
+                yield
+            finally:
+                open_.set()
+
+
+commit_barrier = CommitBarrier()
+_faust_commit = TransactionManager.commit
+
+
+async def _commit_between_events(self: TransactionManager, offsets: Mapping[Any, int], start_new_transaction: bool = True) -> bool:
+    async with commit_barrier.committing():
+        return await _faust_commit(self, offsets, start_new_transaction=start_new_transaction)
+
+
+def _offset_after_last_acked(self: Consumer, tp: Any) -> int | None:
+    acked = self._acked[tp]
+    if not acked:
+        return None
+    offset = max(acked) + 1
+    acked.clear()
+    self._acked_index[tp].clear()
+    self._gap.pop(tp, None)
+    return offset
+
+
+@asynccontextmanager
+async def exactly_once(event: EventT) -> AsyncIterator[None]:
+    """Process ``event`` so that everything it writes commits with its offset, or nothing does.
+
+    Runs the body between commits (correction 2). If a Kafka write fails because the partition
+    was taken away in a rebalance, the event is dropped here: its transaction is abandoned and
+    the partition's new owner processes it again. If a write fails while this worker still owns
+    the partition, committing the offset would lose the rest of the event's output and nothing
+    can undo the records already sent, so the worker exits at once without committing
+    (``UNFINISHED_TRANSACTION_EXIT``); the broker aborts the open transaction when the restarted
+    worker takes its transactional id, and the event is processed again.
+    """
+    async with commit_barrier.processing():
+        try:
+            yield
+        except (KafkaError, IllegalOperation, ProducerSendError) as exc:
+            message = event.message
+            if message.tp not in event.app.consumer.assignment():
+                log.info("partition %s was revoked while its event at offset %s was written (%s); its new owner redoes it", message.tp, message.offset, exc)
+                return
+            log.critical("cannot finish the writes of %s offset %s (%r); exiting without committing", message.tp, message.offset, exc)
+            logging.shutdown()
+            os._exit(UNFINISHED_TRANSACTION_EXIT)
+
+
+class TransactionalTable(faust.Table):
+    """A Faust table whose changes commit in the current event's transaction (correction 3).
+
+    Change it with ``await table.write(key, value)`` (``None`` deletes) from inside
+    ``exactly_once(event)``; reads are the usual mapping reads.
+    """
+
+    async def write(self, key: Any, value: Any) -> None:
+        """Append the change to the changelog in this event's transaction, then apply it locally."""
+        event = current_event()
+        if event is None:
+            raise RuntimeError(f"table {self.name!r} can only be changed while processing an event")
+        partition = event.message.partition
+        if value is None:
+            await self.changelog_topic.send(key=key, value=None, partition=partition, value_serializer="raw", callback=self._on_changelog_sent)
+            self.data.pop(key, None)
+        else:
+            await self.changelog_topic.send(key=key, value=value, partition=partition, callback=self._on_changelog_sent)
+            self.data[key] = value
+
+
+def transactional_table(app: faust.App, name: str, **kwargs: Any) -> TransactionalTable:
+    """Define a ``TransactionalTable`` on ``app`` (what ``app.Table`` does for a plain one)."""
+    table = TransactionalTable(app, name=name, beacon=app.tables.beacon, **kwargs)
+    app.tables.add(table)
+    return table
+
+
 def apply() -> None:
-    """Install the correction (idempotent)."""
+    """Install corrections 1, 2 and 4 (idempotent); 3 is ``TransactionalTable``."""
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters_from_broker
+    TransactionManager.commit = _commit_between_events  # type: ignore[method-assign]
+    Consumer._new_offset = _offset_after_last_acked  # type: ignore[method-assign]

@@ -2,7 +2,7 @@
 
 For each command it reads the aggregate from the ``aggregates`` table, lets the pure core
 decide, then appends the events and updates the table (both commit with the command's offset in
-the worker's Kafka transaction: exactly once), writes a snapshot every ``SNAPSHOT_EVERY``
+the worker's Kafka transaction: exactly once; see ``streams.faust_fixes``), writes a snapshot every ``SNAPSHOT_EVERY``
 versions, answers on the results topic and, for malformed input, keeps the original bytes on the
 dead-letter topic with the reason. Faust commits those last three in the transactions of their
 own partitions, so after a crash they may appear twice (see docs/architecture.md). A retried
@@ -19,6 +19,7 @@ from schemas import default_registry
 from streams.app import agent_tables, app, settings, topology
 from streams.command_processor import CommandProcessor, Outcome
 from streams.domain import AGGREGATES
+from streams.faust_fixes import exactly_once, transactional_table
 from streams.messages import ERROR_HEADER, REASON_HEADER, Snapshot
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,8 @@ results_topic = _topic(RESULTS)
 deadletter_topic = _topic(DEADLETTER)
 snapshot_topics = {aggregate.name: _topic(Snapshot.topic_for(aggregate.name)) for aggregate in AGGREGATES}
 
-aggregates = app.Table(
+aggregates = transactional_table(
+    app,
     "aggregates",
     default=None,
     partitions=topology.table_partitions("aggregates"),
@@ -53,8 +55,8 @@ processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_
 
 async def _write(outcome: Outcome, key: bytes | None, value: bytes | None, headers: list) -> None:
     tenant_key = outcome.result.tenant_id.encode() if outcome.result else key
-    # Sends first, table last: if the partition is revoked mid-way (a send fails), the local
-    # table has not moved ahead of what the aborted transaction would have committed.
+    # Sends first, table last: if a send fails, the local table has not moved ahead of what the
+    # abandoned transaction would have committed.
     for event in outcome.events:
         await events_topic.send(key=tenant_key, value=event.value, headers=event.headers)
     if outcome.snapshot is not None:
@@ -67,7 +69,7 @@ async def _write(outcome: Outcome, key: bytes | None, value: bytes | None, heade
     if outcome.result is not None:
         await results_topic.send(key=outcome.result.command_id.encode(), value=outcome.result.model_dump_json().encode())
     if outcome.state_key is not None:
-        aggregates[outcome.state_key] = outcome.new_state
+        await aggregates.write(outcome.state_key, outcome.new_state)
 
 
 agent_tables["command_handler"] = [aggregates.name]
@@ -79,5 +81,6 @@ async def command_handler(stream: faust.StreamT) -> None:
     async for event in stream.events():
         message = event.message
         headers = list(message.headers or [])
-        outcome = processor.process(message.key, message.value, headers, aggregates.get)
-        await _write(outcome, message.key, message.value, headers)
+        async with exactly_once(event):
+            outcome = processor.process(message.key, message.value, headers, aggregates.get)
+            await _write(outcome, message.key, message.value, headers)
