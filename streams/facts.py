@@ -28,6 +28,22 @@ def task_key(tenant: str, task_id: str) -> str:
     return f"{tenant}/task/{task_id}"
 
 
+def checkpoint_key(partition: int) -> str:
+    """Context key of the offset of the last event of ``partition`` that changed the context or made a fact."""
+    return f"__applied__/{partition}"
+
+
+def already_folded(context: Mapping[str, Any], partition: int, offset: int) -> bool:
+    """Whether the event at ``partition``/``offset`` was folded already (it is at or below the checkpoint).
+
+    An event's offset can commit later than its fact and context changes (its partition is read
+    by other agents too, and the offset moves only when all of them are done), so after a crash
+    events can come again that were folded already; folding them twice would repeat their facts.
+    """
+    applied = context.get(checkpoint_key(partition))
+    return applied is not None and offset <= applied
+
+
 def fold(event_type: str, data: Mapping[str, Any], meta: EventMeta, context: Mapping[str, Any]) -> tuple[dict[str, Any | None], dict[str, Any] | None]:
     """(context changes, fact or None) for one event; a change to None deletes the key.
 

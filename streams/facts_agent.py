@@ -2,8 +2,11 @@
 
 The joins it needs (agent type and region from AgentCreated, start time from TaskAssigned) live
 in the ``task_context`` table, co-partitioned with ``events.platform`` (both keyed by tenant).
-The facts, the table changelog and the offsets commit in the worker's Kafka transaction, so
-``facts.tasks`` holds each fact once; the ClickHouse sink (``agentstream sink``) loads it.
+The facts and the table changelog commit in one Kafka transaction with the event's offset
+(``streams.faust_fixes``) or before it (the projector shares the partition, and the offset moves
+when both agents are done); a checkpoint per partition in the table skips events folded already.
+So ``facts.tasks`` holds each fact once, even across crashes; the ClickHouse sink
+(``agentstream sink``) loads it.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import faust
 
 from schemas import SchemaError, default_registry
 from streams.app import agent_tables, app, topology
-from streams.facts import fold
-from streams.faust_fixes import exactly_once, transactional_table
+from streams.facts import already_folded, checkpoint_key, fold
+from streams.faust_fixes import exactly_once, send_in_event_transaction, transactional_table
 from streams.handlers import events_topic
 from streams.messages import EnvelopeError, EventMeta
 
@@ -49,8 +52,12 @@ async def facts_builder(stream: faust.StreamT) -> None:
             log.warning("facts_builder: skipping unreadable event at %s:%s: %s", message.partition, message.offset, exc)
             continue
         async with exactly_once(event):
+            if already_folded(task_context, message.partition, message.offset):
+                continue  # folded before a crash; its offset had not committed yet
             changes, fact = fold(name, payload.model_dump(), meta, task_context)
             if fact is not None:
-                await facts_topic.send(key=meta.tenant_id.encode(), value=json.dumps(fact).encode())
-            for key, value in changes.items():
-                await task_context.write(key, value)
+                await send_in_event_transaction(app, FACTS, meta.tenant_id.encode(), json.dumps(fact).encode())
+            if changes or fact is not None:
+                for key, value in changes.items():
+                    await task_context.write(key, value)
+                await task_context.write(checkpoint_key(message.partition), message.offset)

@@ -31,6 +31,19 @@
    so an acked offset means every earlier delivered record was handled: the committable offset
    is simply one past the highest acked offset.
 
+5. **Records for topics no agent reads.** Faust picks a record's transaction by the record's
+   destination partition, and only for topics its consumer subscribes to; a record for any other
+   topic goes out through the plain producer, outside every transaction (visible at once, and
+   written again when the event is redone after a crash). ``send_in_event_transaction`` sends
+   through the transactional producer of the event's own partition instead.
+
+6. **Rebalances that wait for a record nobody will handle.** Before giving partitions up, Faust
+   waits until every record it handed to a stream is acked. A record shared by two agents can be
+   delivered to one and held back from the other by the paused flow (the fetcher holds it, so
+   it is never collected either); the wait then never ends and the worker stops processing. Only
+   the events being processed matter (the others are fetched again by whoever owns the
+   partition next), so the wait is for those, followed by a commit.
+
 Agents that write to Kafka process each event inside ``exactly_once(event)``, which applies 2
 and decides what a failed write means (see there).
 """
@@ -98,6 +111,11 @@ class CommitBarrier:
             if self._active == 0:
                 idle.set()
 
+    async def wait_idle(self) -> None:
+        """Return once no event is being processed."""
+        idle, _, _ = self._events()
+        await idle.wait()
+
     @asynccontextmanager
     async def committing(self) -> AsyncIterator[None]:
         """Commit once no event is being processed; no event starts until the commit is done."""
@@ -129,6 +147,11 @@ def _offset_after_last_acked(self: Consumer, tp: Any) -> int | None:
     self._acked_index[tp].clear()
     self._gap.pop(tp, None)
     return offset
+
+
+async def _wait_for_events_in_progress(self: Consumer) -> None:
+    await commit_barrier.wait_idle()
+    await self.commit()
 
 
 @asynccontextmanager
@@ -177,6 +200,19 @@ class TransactionalTable(faust.Table):
             self.data[key] = value
 
 
+async def send_in_event_transaction(app: faust.App, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None) -> None:
+    """Send a record in the transaction that commits the current event's offset (correction 5).
+
+    The destination partition comes from the key (Kafka's default partitioner), as for any send.
+    """
+    event = current_event()
+    if event is None:
+        raise RuntimeError("send_in_event_transaction works only while processing an event")
+    source = event.message
+    transactional_id = f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
+    await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers, transactional_id=transactional_id)
+
+
 def transactional_table(app: faust.App, name: str, **kwargs: Any) -> TransactionalTable:
     """Define a ``TransactionalTable`` on ``app`` (what ``app.Table`` does for a plain one)."""
     table = TransactionalTable(app, name=name, beacon=app.tables.beacon, **kwargs)
@@ -185,7 +221,8 @@ def transactional_table(app: faust.App, name: str, **kwargs: Any) -> Transaction
 
 
 def apply() -> None:
-    """Install corrections 1, 2 and 4 (idempotent); 3 is ``TransactionalTable``."""
+    """Install corrections 1, 2, 4 and 6 (idempotent); 3 and 5 are used by the agents."""
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters_from_broker
     TransactionManager.commit = _commit_between_events  # type: ignore[method-assign]
     Consumer._new_offset = _offset_after_last_acked  # type: ignore[method-assign]
+    Consumer.wait_empty = _wait_for_events_in_progress  # type: ignore[method-assign]

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
 import time
 import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from connectors.kafka_config import aiokafka_config
 from connectors.kafka_topics import topic_partitions
+from schemas import default_registry
+from streams.messages import EventMeta, new_id
 from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
+TYPES = ["llm", "retriever", "planner"]
+REGIONS = ["eu-west-1", "us-east-1"]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -89,3 +96,37 @@ def read_topic(settings: Settings, topic: str, *, committed: bool = True, timeou
 def headers_of(record: ConsumerRecord) -> dict[str, str]:
     """A record's headers as text."""
     return {k: v.decode(errors="replace") for k, v in (record.headers or [])}
+
+
+async def produce_task_events(settings: Settings, tenants: list[str], tasks: int, start: datetime) -> None:
+    """Straight onto events.platform: AgentCreated for 4 agents per tenant, then per task a
+    TaskAssigned and a TaskCompleted (9 in 10) or TaskFailed, spread over 3 hours after ``start``."""
+    registry = default_registry()
+    rng = random.Random(11)
+    producer = AIOKafkaProducer(**aiokafka_config(settings), acks="all", linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    versions: dict[tuple[str, str], int] = defaultdict(int)
+
+    async def emit(t: str, stream: str, kind: str, data: dict, at: datetime) -> None:
+        versions[(t, stream)] += 1
+        value, headers = registry.encode(kind, data)
+        meta = EventMeta(event_id=new_id(), tenant_id=t, stream_id=stream, version=versions[(t, stream)], occurred_at=at, command_id="load")
+        await producer.send("events.platform", key=t.encode(), value=value, headers=headers + meta.to_headers())
+
+    try:
+        for t in tenants:
+            for a in range(4):
+                await emit(t, f"agent-a{a}", "AgentCreated", {"agent_id": f"a{a}", "name": "A", "agent_type": TYPES[a % 3], "region": REGIONS[a % 2], "config": {}}, start)
+        for n in range(tasks):
+            t = tenants[n % len(tenants)]
+            agent = f"a{rng.randrange(4)}"
+            begun = start + timedelta(seconds=rng.uniform(0, 3 * 3600))
+            await emit(t, f"task-{n}", "TaskAssigned", {"task_id": str(n), "agent_id": agent, "task_type": "x", "input": {}}, begun)
+            ended = begun + timedelta(milliseconds=rng.lognormvariate(6, 0.8))
+            if rng.random() < 0.9:
+                await emit(t, f"task-{n}", "TaskCompleted", {"task_id": str(n), "agent_id": agent, "output": {}, "cost": round(rng.uniform(0, 0.05), 4)}, ended)
+            else:
+                await emit(t, f"task-{n}", "TaskFailed", {"task_id": str(n), "agent_id": agent, "error": "timeout", "cost": 0.001}, ended)
+        await producer.flush()
+    finally:
+        await producer.stop()

@@ -21,54 +21,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from connectors.kafka_config import aiokafka_config
 from schemas import default_registry
 from sinks.clickhouse_schema import merge_expr
 from streams.client import send_command
-from streams.messages import CommandAccepted, EventMeta, new_id
+from streams.messages import CommandAccepted
 from streams.supervisor import WorkerProcess
-from tests.helpers import headers_of, read_topic, run_cli, tenant
+from tests.helpers import headers_of, produce_task_events, read_topic, run_cli, tenant
 
 pytestmark = pytest.mark.integration
 
 TASK_EVENTS = int(os.environ.get("AGENTSTREAM_TEST_TASK_EVENTS", "40000"))
-TYPES = ["llm", "retriever", "planner"]
-REGIONS = ["eu-west-1", "us-east-1"]
-
-
-async def _produce_load(settings, tenants: list[str], tasks: int, start: datetime) -> None:
-    """AgentCreated for each tenant's agents, then TaskAssigned + TaskCompleted/TaskFailed per task."""
-    registry = default_registry()
-    rng = random.Random(11)
-    producer = AIOKafkaProducer(**aiokafka_config(settings), acks="all", linger_ms=20, max_batch_size=256 * 1024)
-    await producer.start()
-    versions: dict[tuple[str, str], int] = defaultdict(int)
-
-    async def emit(t: str, stream: str, kind: str, data: dict, at: datetime) -> None:
-        versions[(t, stream)] += 1
-        value, headers = registry.encode(kind, data)
-        meta = EventMeta(event_id=new_id(), tenant_id=t, stream_id=stream, version=versions[(t, stream)], occurred_at=at, command_id="load")
-        await producer.send("events.platform", key=t.encode(), value=value, headers=headers + meta.to_headers())
-
-    try:
-        for t in tenants:
-            for a in range(4):
-                await emit(t, f"agent-a{a}", "AgentCreated", {"agent_id": f"a{a}", "name": "A", "agent_type": TYPES[a % 3], "region": REGIONS[a % 2], "config": {}}, start)
-        for n in range(tasks):
-            t = tenants[n % len(tenants)]
-            agent = f"a{rng.randrange(4)}"
-            begun = start + timedelta(seconds=rng.uniform(0, 3 * 3600))
-            await emit(t, f"task-{n}", "TaskAssigned", {"task_id": str(n), "agent_id": agent, "task_type": "x", "input": {}}, begun)
-            ended = begun + timedelta(milliseconds=rng.lognormvariate(6, 0.8))
-            if rng.random() < 0.9:
-                await emit(t, f"task-{n}", "TaskCompleted", {"task_id": str(n), "agent_id": agent, "output": {}, "cost": round(rng.uniform(0, 0.05), 4)}, ended)
-            else:
-                await emit(t, f"task-{n}", "TaskFailed", {"task_id": str(n), "agent_id": agent, "error": "timeout", "cost": 0.001}, ended)
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 def _expected(settings, tenants: set[str]) -> tuple[dict[tuple[str, str], tuple[int, int, float]], dict[str, int]]:
@@ -149,7 +112,7 @@ def test_cube_totals_equal_the_event_totals_after_sink_crashes(worker, applied, 
         tasks = TASK_EVENTS // 2
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=4)
         loader = asyncio.get_event_loop_policy().new_event_loop()
-        load = loader.run_in_executor(None, lambda: asyncio.run(_produce_load(applied, sorted(tenants), tasks, start)))
+        load = loader.run_in_executor(None, lambda: asyncio.run(produce_task_events(applied, sorted(tenants), tasks, start)))
         rng = random.Random(5)
         for _ in range(3):  # SIGKILL the sink at random points while the facts stream in
             time.sleep(rng.uniform(2, 6))
@@ -241,7 +204,7 @@ def test_clickhouse_refusing_writes_then_back_loses_nothing_and_counts_once(work
 
         with _refusing_writes([paths["task_facts"], paths["event_archive"]]):
             before = _total(port, facts_total)
-            asyncio.run(_produce_load(applied, sorted(tenants), tasks, start))
+            asyncio.run(produce_task_events(applied, sorted(tenants), tasks, start))
             _until(lambda: sink.log_tail(1_000_000).count(failures) >= 3, 120, "the sink to retry failing inserts", sink)
             # Commands are still decided, and queries still answered, while the sink cannot write.
             assert isinstance(send_command(applied, "CreateTenant", tenant(), {"name": "During outage"}, timeout=60), CommandAccepted)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -14,7 +16,7 @@ from schemas import default_registry
 from streams.client import CommandClient
 from streams.messages import CommandAccepted, CommandMeta, parse_result
 from streams.supervisor import WorkerProcess
-from tests.helpers import headers_of, read_topic, tenant
+from tests.helpers import headers_of, produce_task_events, read_topic, tenant
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +114,42 @@ def test_sigkill_mid_stream_then_restart_keeps_exactly_one_event_set_per_command
     assert set(per_command.values()) == {1}  # ...exactly once
     for stream, versions in per_stream.items():  # contiguous, no gap, no duplicate
         assert versions == list(range(1, CONFIGURES + 2)), stream
+
+
+def _facts(settings, tenants: set[str]) -> Counter:
+    """How often each (tenant, task id) appears in facts.tasks (read_committed)."""
+    found: Counter = Counter()
+    for record in read_topic(settings, "facts.tasks"):
+        fact = json.loads(record.value)
+        if fact["tenant"] in tenants:
+            found[(fact["tenant"], fact["task_id"])] += 1
+    return found
+
+
+def test_sigkill_while_folding_task_events_keeps_one_fact_per_task(worker, applied, tmp_path):
+    tenants = {tenant() for _ in range(4)}
+    tasks = 8000
+    env = {"AGENTSTREAM_WEB_PORT": str(applied.web_port + 1)}
+    victim = WorkerProcess(tmp_path / "victim.log", env=env).start()
+    time.sleep(12)  # let it join the group and take partitions before the load starts
+    try:
+        asyncio.run(produce_task_events(applied, sorted(tenants), tasks, datetime.now(UTC) - timedelta(hours=4)))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(_facts(applied, tenants).values()) < tasks // 3:
+            time.sleep(0.5)
+        victim.kill()  # SIGKILL mid-stream: its open transactions are aborted, its events redone
+        restarted = WorkerProcess(tmp_path / "victim.log", env=env).start()
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline and len(_facts(applied, tenants)) < tasks:
+                time.sleep(2)
+        finally:
+            restarted.stop()
+    finally:
+        victim.kill()
+    facts = _facts(applied, tenants)
+    assert len(facts) == tasks, f"{tasks - len(facts)} tasks have no fact\n{victim.log_tail()}"
+    assert set(facts.values()) == {1}, [k for k, n in facts.items() if n > 1][:5]
 
 
 def test_a_worker_that_lost_its_local_state_recovers_it_from_the_changelog(worker, applied):
