@@ -2,11 +2,12 @@
 
 For each command it reads the aggregate from the ``aggregates`` table, lets the pure core
 decide, then appends the events and updates the table (both commit with the command's offset in
-the worker's Kafka transaction: exactly once; see ``streams.faust_fixes``), writes a snapshot every ``SNAPSHOT_EVERY``
-versions, answers on the results topic and, for malformed input, keeps the original bytes on the
-dead-letter topic with the reason. Faust commits those last three in the transactions of their
-own partitions, so after a crash they may appear twice (see docs/architecture.md). A retried
-command id gets its first answer again and writes nothing else.
+the worker's Kafka transaction: exactly once; see ``streams.faust_fixes``), writes a snapshot
+every ``SNAPSHOT_EVERY`` versions, answers on the results topic and, for malformed input, keeps
+the original bytes on the dead-letter topic with the reason. Faust sends those last three
+outside the transaction (the worker does not consume their topics), so after a crash they may
+appear twice (see docs/architecture.md). A retried command id gets its first answer again and
+writes nothing else.
 """
 
 from __future__ import annotations
