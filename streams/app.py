@@ -20,10 +20,9 @@ def create_app(settings: Settings) -> faust.App:
     ``data_dir/workers/<web_port>`` (one directory per worker process). The web server binds
     ``web_host`` (127.0.0.1 unless told otherwise).
     """
-    faust_fixes.apply()
     datadir = settings.data_dir / "workers" / str(settings.web_port)
     advertised = settings.web_host if settings.web_host not in ("0.0.0.0", "::") else socket.gethostname()
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         broker_credentials=faust_credentials(settings),
@@ -41,6 +40,8 @@ def create_app(settings: Settings) -> faust.App:
         autodiscover=False,
         consumer_auto_offset_reset="earliest",
     )
+    faust_fixes.apply(app)
+    return app
 
 
 settings = get_settings()

@@ -58,6 +58,7 @@ class Outcome:
     dead_letter: str | None = None  # the reason, when the input goes to the dead-letter topic
     error: str | None = None
     replayed: bool = False  # a repeated command id, answered with its first outcome
+    redelivered: bool = False  # this very message was handled already: nothing to write
     snapshot: "Snapshot | None" = None
 
 
@@ -86,18 +87,28 @@ class CommandProcessor:
         self.clock = clock
         self.ids = ids
 
-    def process(self, key: bytes | None, value: bytes | None, headers: Headers, load_state: Callable[[str], dict | None]) -> Outcome:
-        """The outcome of one message; never raises."""
+    def process(
+        self, key: bytes | None, value: bytes | None, headers: Headers, load_state: Callable[[str], dict | None], offset: int | None = None
+    ) -> Outcome:
+        """The outcome of one message; never raises.
+
+        ``offset`` is the message's position in its partition. The stream's row remembers the
+        offset of the last message that changed it, so a message delivered again after its
+        outcome was stored (a redelivery the consumer offset does not know about yet) gets an
+        empty outcome: ``Outcome.redelivered``, nothing to write.
+        """
         try:
             meta = CommandMeta.from_headers(headers)
         except EnvelopeError as exc:
             return Outcome(dead_letter="bad-envelope", error=str(exc))
         try:
-            return self._process(meta, key, value or b"", headers, load_state)
+            return self._process(meta, key, value or b"", headers, load_state, offset)
         except Exception as exc:  # a bug in a decider must not stop the partition
             return self._reject(meta, RejectionCode.HANDLER_FAILED, f"{type(exc).__name__}: {exc}", dead_letter="handler-error")
 
-    def _process(self, meta: CommandMeta, key: bytes | None, value: bytes, headers: Headers, load_state: Callable[[str], dict | None]) -> Outcome:
+    def _process(
+        self, meta: CommandMeta, key: bytes | None, value: bytes, headers: Headers, load_state: Callable[[str], dict | None], offset: int | None
+    ) -> Outcome:
         if len(value) > self.max_bytes:
             return self._reject(meta, RejectionCode.VALIDATION_FAILED, f"payload of {len(value)} bytes exceeds the limit of {self.max_bytes}", "oversize")
         if key is not None and key.decode(errors="replace") != meta.tenant_id:
@@ -123,6 +134,9 @@ class CommandProcessor:
 
         skey = state_key(meta.tenant_id, stream_id)
         stored = load_state(skey) or {"version": 0, "state": None}
+        if offset is not None and stored.get("offset", -1) >= offset:
+            return Outcome(redelivered=True)
+        position = {} if offset is None else {"offset": offset}
         recent: list[list] = stored.get("recent", [])
         for command_id, first in recent:
             if command_id == meta.command_id:  # a retry: answer as the first time, change nothing
@@ -144,7 +158,7 @@ class CommandProcessor:
             decision = aggregate.decide(command, state, related)
         if isinstance(decision, Rejection):
             outcome = self._reject(meta, decision.code, decision.message, current_version=version)
-            outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result)}
+            outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **position}
             return outcome
 
         appended, refs = [], []
@@ -166,7 +180,7 @@ class CommandProcessor:
             result=result,
             events=appended,
             state_key=skey,
-            new_state={"version": version, "state": dumped, "recent": _remember(recent, meta.command_id, result)},
+            new_state={"version": version, "state": dumped, "recent": _remember(recent, meta.command_id, result), **position},
             snapshot=snapshot,
         )
 

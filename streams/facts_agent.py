@@ -51,7 +51,9 @@ async def facts_builder(stream: faust.StreamT) -> None:
         except (SchemaError, EnvelopeError) as exc:
             log.warning("facts_builder: skipping unreadable event at %s:%s: %s", message.partition, message.offset, exc)
             continue
-        async with exactly_once(event):
+        async with exactly_once(event) as current:
+            if not current:
+                continue
             if already_folded(task_context, message.partition, message.offset):
                 continue  # folded before a crash; its offset had not committed yet
             changes, fact = fold(name, payload.model_dump(), meta, task_context)

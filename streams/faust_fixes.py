@@ -41,8 +41,9 @@
    waits until every record it handed to a stream is acked. A record shared by two agents can be
    delivered to one and held back from the other by the paused flow (the fetcher holds it, so
    it is never collected either); the wait then never ends and the worker stops processing. Only
-   the events being processed matter (the others are fetched again by whoever owns the
-   partition next), so the wait is for those, followed by a commit.
+   the events being processed matter, so the wait is for those, followed by a commit. Events
+   that agents still hold are not processed until the rebalance is over (they would be written
+   into a transaction after its last commit, and fetched again from the committed offset).
 
 Agents that write to Kafka process each event inside ``exactly_once(event)``, which applies 2
 and decides what a failed write means (see there).
@@ -76,15 +77,19 @@ async def _highwaters_from_broker(self: Any, partitions: list) -> Mapping[Any, i
 
 
 class CommitBarrier:
-    """Keeps transaction commits and event processing apart (correction 2).
+    """Keeps transaction commits and event processing apart (corrections 2 and 6).
 
     Any number of events may be processed at once; a commit waits until none is in progress, and
     events that arrive while it runs wait until it is done. Leaving ``processing`` never suspends,
-    so Faust acks the event before any commit can run.
+    so Faust acks the event before any commit can run. From ``hold`` (a rebalance begins) to
+    ``release`` (its partitions are about to be read again from the committed offsets) every
+    event an agent still holds is stale: ``processing`` yields False for it.
     """
 
     def __init__(self) -> None:
         self._active = 0
+        self._epoch = 0
+        self._held = False
         self._idle: asyncio.Event | None = None
         self._open: asyncio.Event | None = None
         self._commit_lock: asyncio.Lock | None = None
@@ -97,24 +102,23 @@ class CommitBarrier:
         return self._idle, self._open, self._commit_lock
 
     @asynccontextmanager
-    async def processing(self) -> AsyncIterator[None]:
-        """Process one event; waits while a commit runs."""
+    async def processing(self) -> AsyncIterator[bool]:
+        """Process one event (yields True), or learn that it is stale (yields False); waits while a commit runs."""
         idle, open_, _ = self._events()
+        epoch = self._epoch
         while not open_.is_set():
             await open_.wait()
+        if self._held or epoch != self._epoch:
+            yield False
+            return
         self._active += 1
         idle.clear()
         try:
-            yield
+            yield True
         finally:
             self._active -= 1
             if self._active == 0:
                 idle.set()
-
-    async def wait_idle(self) -> None:
-        """Return once no event is being processed."""
-        idle, _, _ = self._events()
-        await idle.wait()
 
     @asynccontextmanager
     async def committing(self) -> AsyncIterator[None]:
@@ -127,6 +131,15 @@ class CommitBarrier:
                 yield
             finally:
                 open_.set()
+
+    def hold(self) -> None:
+        """A rebalance begins: events held by agents now, or taken before ``release``, are stale."""
+        self._held = True
+        self._epoch += 1
+
+    def release(self) -> None:
+        """The rebalance is over: events fetched from now on are processed."""
+        self._held = False
 
 
 commit_barrier = CommitBarrier()
@@ -149,26 +162,32 @@ def _offset_after_last_acked(self: Consumer, tp: Any) -> int | None:
     return offset
 
 
-async def _wait_for_events_in_progress(self: Consumer) -> None:
-    await commit_barrier.wait_idle()
-    await self.commit()
+async def _commit_what_was_processed(self: Consumer) -> None:
+    commit_barrier.hold()
+    await self.commit()  # waits for the events in progress
 
 
 @asynccontextmanager
-async def exactly_once(event: EventT) -> AsyncIterator[None]:
+async def exactly_once(event: EventT) -> AsyncIterator[bool]:
     """Process ``event`` so that everything it writes commits with its offset, or nothing does.
 
-    Runs the body between commits (correction 2). If a Kafka write fails because the partition
-    was taken away in a rebalance, the event is dropped here: its transaction is abandoned and
-    the partition's new owner processes it again. If a write fails while this worker still owns
-    the partition, committing the offset would lose the rest of the event's output and nothing
-    can undo the records already sent, so the worker exits at once without committing
+    Yields whether to process the event: False for one that went stale in a rebalance (it is
+    fetched again from the committed offset; it is neither processed nor acked now). Runs the
+    body between commits (correction 2). If a Kafka write fails because the partition was taken
+    away in a rebalance, the event is dropped here: its transaction is abandoned and the
+    partition's new owner processes it again. If a write fails while this worker still owns the
+    partition, committing the offset would lose the rest of the event's output and nothing can
+    undo the records already sent, so the worker exits at once without committing
     (``UNFINISHED_TRANSACTION_EXIT``); the broker aborts the open transaction when the restarted
     worker takes its transactional id, and the event is processed again.
     """
-    async with commit_barrier.processing():
+    async with commit_barrier.processing() as current:
+        if not current:
+            event.message.acked = True  # keep Faust from counting it as done when the agent moves on
+            yield False
+            return
         try:
-            yield
+            yield True
         except (KafkaError, IllegalOperation, ProducerSendError) as exc:
             message = event.message
             if message.tp not in event.app.consumer.assignment():
@@ -220,9 +239,13 @@ def transactional_table(app: faust.App, name: str, **kwargs: Any) -> Transaction
     return table
 
 
-def apply() -> None:
-    """Install corrections 1, 2, 4 and 6 (idempotent); 3 and 5 are used by the agents."""
+def apply(app: faust.App) -> None:
+    """Install corrections 1, 2, 4 and 6 for ``app`` (idempotent); 3 and 5 are used by the agents."""
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters_from_broker
     TransactionManager.commit = _commit_between_events  # type: ignore[method-assign]
     Consumer._new_offset = _offset_after_last_acked  # type: ignore[method-assign]
-    Consumer.wait_empty = _wait_for_events_in_progress  # type: ignore[method-assign]
+    Consumer.wait_empty = _commit_what_was_processed  # type: ignore[method-assign]
+
+    @app.on_rebalance_complete.connect
+    async def _release(sender: Any, **kwargs: Any) -> None:  # sent before the seek to the committed offsets
+        commit_barrier.release()

@@ -82,6 +82,8 @@ async def command_handler(stream: faust.StreamT) -> None:
     async for event in stream.events():
         message = event.message
         headers = list(message.headers or [])
-        async with exactly_once(event):
-            outcome = processor.process(message.key, message.value, headers, aggregates.get)
+        async with exactly_once(event) as current:
+            if not current:
+                continue
+            outcome = processor.process(message.key, message.value, headers, aggregates.get, offset=message.offset)
             await _write(outcome, message.key, message.value, headers)

@@ -161,3 +161,16 @@ def test_a_snapshot_is_taken_when_the_version_crosses_the_interval(proc):
             snapshots.append(out.snapshot)
     assert [s.version for s in snapshots] == [SNAPSHOT_EVERY]
     assert snapshots[0].stream_id == "agent-a1" and snapshots[0].state["config"] == {"n": str(SNAPSHOT_EVERY - 2)}
+
+
+def test_a_message_delivered_again_after_its_outcome_was_stored_writes_nothing(proc):
+    store = Store()
+    first = store.apply(proc.process(*message("CreateAgent", CREATE), store.get, offset=7))
+    assert isinstance(first.result, CommandAccepted) and store["acme/agent-a1"]["offset"] == 7
+    again = proc.process(*message("CreateAgent", CREATE), store.get, offset=7)
+    assert again.redelivered and again.result is None and not again.events and again.state_key is None
+    rejected = store.apply(proc.process(*message("CreateAgent", CREATE, cid="c2"), store.get, offset=9))
+    assert isinstance(rejected.result, CommandRejected) and store["acme/agent-a1"]["offset"] == 9  # rejections move it too
+    assert proc.process(*message("CreateAgent", CREATE, cid="c2"), store.get, offset=8).redelivered
+    later = proc.process(*message("StartAgent", {"agent_id": "a1"}, cid="c3"), store.get, offset=10)
+    assert isinstance(later.result, CommandAccepted)

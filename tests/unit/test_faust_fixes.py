@@ -53,6 +53,37 @@ def test_leaving_an_event_never_suspends_so_its_ack_comes_before_any_commit():
     assert asyncio.run(scenario())
 
 
+def test_events_held_when_a_rebalance_begins_are_stale_until_it_is_over():
+    async def scenario() -> list[bool]:
+        barrier, seen = CommitBarrier(), []
+        in_progress = asyncio.Event()
+
+        async def event(hold: float = 0) -> None:
+            async with barrier.processing() as current:
+                seen.append(current)
+                in_progress.set()
+                await asyncio.sleep(hold)
+
+        async def commit() -> None:
+            async with barrier.committing():
+                await asyncio.sleep(0.05)
+
+        first = asyncio.create_task(event(0.1))  # in progress when the rebalance begins: finishes
+        await in_progress.wait()
+        committer = asyncio.create_task(commit())
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(event())  # taken before the rebalance, waits for the commit
+        await asyncio.sleep(0.01)
+        barrier.hold()
+        await asyncio.gather(first, committer, waiting)
+        await event()  # taken during the rebalance
+        barrier.release()
+        await event()  # fetched after it
+        return seen
+
+    assert asyncio.run(scenario()) == [True, False, False, True]
+
+
 def _consumer(acked: list[int]) -> SimpleNamespace:
     return SimpleNamespace(_acked=defaultdict(list, {"tp": acked}), _acked_index=defaultdict(set, {"tp": set(acked)}), _gap={"tp": object()})
 
