@@ -67,6 +67,11 @@ def _remember(recent: list[list], command_id: str, result: CommandAccepted | Com
     return [*recent, [command_id, compact_result(result)]][-DEDUP_PER_STREAM:]
 
 
+def _handled_already(last: list[int] | None, position: tuple[int, int]) -> bool:
+    """Whether the message at ``position`` is at or before ``last`` in the same partition."""
+    return last is not None and last[0] == position[0] and position[1] <= last[1]
+
+
 def state_key(tenant_id: str, stream_id: str) -> str:
     """Key of an aggregate in the aggregates table (tenant first: no tenant sees another's)."""
     return f"{tenant_id}/{stream_id}"
@@ -88,26 +93,32 @@ class CommandProcessor:
         self.ids = ids
 
     def process(
-        self, key: bytes | None, value: bytes | None, headers: Headers, load_state: Callable[[str], dict | None], offset: int | None = None
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+        load_state: Callable[[str], dict | None],
+        position: tuple[int, int] | None = None,
     ) -> Outcome:
         """The outcome of one message; never raises.
 
-        ``offset`` is the message's position in its partition. The stream's row remembers the
-        offset of the last message that changed it, so a message delivered again after its
+        ``position`` is the message's (partition, offset). The stream's row remembers the
+        position of the last message that changed it, so a message delivered again after its
         outcome was stored (a redelivery the consumer offset does not know about yet) gets an
-        empty outcome: ``Outcome.redelivered``, nothing to write.
+        empty outcome: ``Outcome.redelivered``, nothing to write. Positions in another partition
+        (the topic was repartitioned) are not compared.
         """
         try:
             meta = CommandMeta.from_headers(headers)
         except EnvelopeError as exc:
             return Outcome(dead_letter="bad-envelope", error=str(exc))
         try:
-            return self._process(meta, key, value or b"", headers, load_state, offset)
+            return self._process(meta, key, value or b"", headers, load_state, position)
         except Exception as exc:  # a bug in a decider must not stop the partition
             return self._reject(meta, RejectionCode.HANDLER_FAILED, f"{type(exc).__name__}: {exc}", dead_letter="handler-error")
 
     def _process(
-        self, meta: CommandMeta, key: bytes | None, value: bytes, headers: Headers, load_state: Callable[[str], dict | None], offset: int | None
+        self, meta: CommandMeta, key: bytes | None, value: bytes, headers: Headers, load_state: Callable[[str], dict | None], position: tuple[int, int] | None
     ) -> Outcome:
         if len(value) > self.max_bytes:
             return self._reject(meta, RejectionCode.VALIDATION_FAILED, f"payload of {len(value)} bytes exceeds the limit of {self.max_bytes}", "oversize")
@@ -134,9 +145,9 @@ class CommandProcessor:
 
         skey = state_key(meta.tenant_id, stream_id)
         stored = load_state(skey) or {"version": 0, "state": None}
-        if offset is not None and stored.get("offset", -1) >= offset:
+        if position is not None and _handled_already(stored.get("position"), position):
             return Outcome(redelivered=True)
-        position = {} if offset is None else {"offset": offset}
+        moved = {} if position is None else {"position": list(position)}
         recent: list[list] = stored.get("recent", [])
         for command_id, first in recent:
             if command_id == meta.command_id:  # a retry: answer as the first time, change nothing
@@ -158,7 +169,7 @@ class CommandProcessor:
             decision = aggregate.decide(command, state, related)
         if isinstance(decision, Rejection):
             outcome = self._reject(meta, decision.code, decision.message, current_version=version)
-            outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **position}
+            outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **moved}
             return outcome
 
         appended, refs = [], []
@@ -180,7 +191,7 @@ class CommandProcessor:
             result=result,
             events=appended,
             state_key=skey,
-            new_state={"version": version, "state": dumped, "recent": _remember(recent, meta.command_id, result), **position},
+            new_state={"version": version, "state": dumped, "recent": _remember(recent, meta.command_id, result), **moved},
             snapshot=snapshot,
         )
 

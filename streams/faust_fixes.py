@@ -46,7 +46,7 @@
    into a transaction after its last commit, and fetched again from the committed offset).
 
 Agents that write to Kafka process each event inside ``exactly_once(event)``, which applies 2
-and decides what a failed write means (see there).
+and 6 and decides what a failed write means (see there).
 """
 
 from __future__ import annotations

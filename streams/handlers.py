@@ -85,5 +85,5 @@ async def command_handler(stream: faust.StreamT) -> None:
         async with exactly_once(event) as current:
             if not current:
                 continue
-            outcome = processor.process(message.key, message.value, headers, aggregates.get, offset=message.offset)
+            outcome = processor.process(message.key, message.value, headers, aggregates.get, position=(message.partition, message.offset))
             await _write(outcome, message.key, message.value, headers)

@@ -165,12 +165,15 @@ def test_a_snapshot_is_taken_when_the_version_crosses_the_interval(proc):
 
 def test_a_message_delivered_again_after_its_outcome_was_stored_writes_nothing(proc):
     store = Store()
-    first = store.apply(proc.process(*message("CreateAgent", CREATE), store.get, offset=7))
-    assert isinstance(first.result, CommandAccepted) and store["acme/agent-a1"]["offset"] == 7
-    again = proc.process(*message("CreateAgent", CREATE), store.get, offset=7)
+    first = store.apply(proc.process(*message("CreateAgent", CREATE), store.get, position=(2, 7)))
+    assert isinstance(first.result, CommandAccepted) and store["acme/agent-a1"]["position"] == [2, 7]
+    again = proc.process(*message("CreateAgent", CREATE), store.get, position=(2, 7))
     assert again.redelivered and again.result is None and not again.events and again.state_key is None
-    rejected = store.apply(proc.process(*message("CreateAgent", CREATE, cid="c2"), store.get, offset=9))
-    assert isinstance(rejected.result, CommandRejected) and store["acme/agent-a1"]["offset"] == 9  # rejections move it too
-    assert proc.process(*message("CreateAgent", CREATE, cid="c2"), store.get, offset=8).redelivered
-    later = proc.process(*message("StartAgent", {"agent_id": "a1"}, cid="c3"), store.get, offset=10)
+    rejected = store.apply(proc.process(*message("CreateAgent", CREATE, cid="c2"), store.get, position=(2, 9)))
+    assert isinstance(rejected.result, CommandRejected) and store["acme/agent-a1"]["position"] == [2, 9]  # rejections move it too
+    assert proc.process(*message("CreateAgent", CREATE, cid="c2"), store.get, position=(2, 8)).redelivered
+    later = proc.process(*message("StartAgent", {"agent_id": "a1"}, cid="c3"), store.get, position=(2, 10))
     assert isinstance(later.result, CommandAccepted)
+    # after a repartition the stream's commands come from another partition, with lower offsets
+    moved = proc.process(*message("StartAgent", {"agent_id": "a1"}, cid="c4"), store.get, position=(5, 0))
+    assert not moved.redelivered and moved.result is not None
