@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FACTS = "facts.tasks"
 
+# Declared so the worker creates the topic; facts are sent with send_in_event_transaction.
 facts_topic = app.topic(FACTS, partitions=topology.topic(FACTS).partitions, key_serializer="raw", value_serializer="raw")
 task_context = transactional_table(
     app,
