@@ -127,7 +127,13 @@ class CommitBarrier:
         async with lock:
             open_.clear()
             try:
-                await idle.wait()
+                waited = 0
+                while not idle.is_set():
+                    try:
+                        await asyncio.wait_for(idle.wait(), timeout=30)
+                    except asyncio.TimeoutError:  # an event should take milliseconds: say so
+                        waited += 30
+                        log.warning("a commit has waited %ds for %d event(s) in progress", waited, self._active)
                 yield
             finally:
                 open_.set()
@@ -164,6 +170,7 @@ def _offset_after_last_acked(self: Consumer, tp: Any) -> int | None:
 
 async def _commit_what_was_processed(self: Consumer) -> None:
     commit_barrier.hold()
+    log.info("rebalance: committing the events in progress; events held now are stale until it is over")
     await self.commit()  # waits for the events in progress
 
 
@@ -184,6 +191,7 @@ async def exactly_once(event: EventT) -> AsyncIterator[bool]:
     async with commit_barrier.processing() as current:
         if not current:
             event.message.acked = True  # keep Faust from counting it as done when the agent moves on
+            log.info("%s offset %s was taken before the rebalance: not processed now, fetched again", event.message.tp, event.message.offset)
             yield False
             return
         try:
@@ -249,3 +257,4 @@ def apply(app: faust.App) -> None:
     @app.on_rebalance_complete.connect
     async def _release(sender: Any, **kwargs: Any) -> None:  # sent before the seek to the committed offsets
         commit_barrier.release()
+        log.info("rebalance over: processing events again")
