@@ -45,6 +45,13 @@
    that agents still hold are not processed until the rebalance is over (they would be written
    into a transaction after its last commit, and fetched again from the committed offset).
 
+7. **Partitions without a committed offset are not read again.** After a rebalance Faust seeks
+   every partition to its committed offset, but aiokafka's ``seek_to_committed`` leaves a
+   partition with no committed offset (or 0) where its fetcher was: the records Faust dropped
+   from its queues in the rebalance (and the stale events of 6) are then never handled, until
+   the worker restarts. Such partitions are sought to their start; whatever was processed there
+   was committed in the rebalance, so nothing is handled twice.
+
 Agents that write to Kafka process each event inside ``exactly_once(event)``, which applies 2
 and 6 and decides what a failed write means (see there).
 """
@@ -248,13 +255,26 @@ def transactional_table(app: faust.App, name: str, **kwargs: Any) -> Transaction
 
 
 def apply(app: faust.App) -> None:
-    """Install corrections 1, 2, 4 and 6 for ``app`` (idempotent); 3 and 5 are used by the agents."""
+    """Install corrections 1, 2, 4, 6 and 7 for ``app`` (idempotent); 3 and 5 are used by the agents."""
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters_from_broker
     TransactionManager.commit = _commit_between_events  # type: ignore[method-assign]
     Consumer._new_offset = _offset_after_last_acked  # type: ignore[method-assign]
     Consumer.wait_empty = _commit_what_was_processed  # type: ignore[method-assign]
 
     @app.on_rebalance_complete.connect
-    async def _release(sender: Any, **kwargs: Any) -> None:  # sent before the seek to the committed offsets
+    async def _release(sender: Any, **kwargs: Any) -> None:  # sent before Faust's seek to the committed offsets
+        await _seek_uncommitted_to_the_start(app)
         commit_barrier.release()
         log.info("rebalance over: processing events again")
+
+
+async def _seek_uncommitted_to_the_start(app: faust.App) -> None:
+    """Correction 7: read again from the start the source partitions that have no committed offset."""
+    sources = {topic for agent in app.agents.values() for topic in agent.channel.topics}
+    assignment = app.consumer.assignment()
+    if not any(tp.topic in sources for tp in assignment):
+        return
+    committed = await app.consumer.seek_to_committed()
+    for tp, offset in committed.items():
+        if tp.topic in sources and not offset:
+            await app.consumer.seek(tp, 0)  # from the log start if 0 was deleted (auto_offset_reset=earliest)
