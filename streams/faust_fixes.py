@@ -186,7 +186,7 @@ async def exactly_once(event: EventT) -> AsyncIterator[bool]:
     """Process ``event`` so that everything it writes commits with its offset, or nothing does.
 
     Yields whether to process the event: False for one that went stale in a rebalance (it is
-    fetched again from the committed offset; it is neither processed nor acked now). Runs the
+    fetched again from the committed offset or the partition start; neither processed nor acked now). Runs the
     body between commits (correction 2). If a Kafka write fails because the partition was taken
     away in a rebalance, the event is dropped here: its transaction is abandoned and the
     partition's new owner processes it again. If a write fails while this worker still owns the
@@ -255,7 +255,7 @@ def transactional_table(app: faust.App, name: str, **kwargs: Any) -> Transaction
 
 
 def apply(app: faust.App) -> None:
-    """Install corrections 1, 2, 4, 6 and 7 for ``app`` (idempotent); 3 and 5 are used by the agents."""
+    """Install corrections 1, 2, 4, 6 and 7 for ``app`` (once per app); 3 and 5 are used by the agents."""
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters_from_broker
     TransactionManager.commit = _commit_between_events  # type: ignore[method-assign]
     Consumer._new_offset = _offset_after_last_acked  # type: ignore[method-assign]
