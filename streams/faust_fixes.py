@@ -68,7 +68,7 @@ import faust
 from aiokafka.errors import IllegalOperation, KafkaError
 from faust.exceptions import ProducerSendError
 from faust.streams import current_event
-from faust.transport.consumer import Consumer, TransactionManager
+from faust.transport.consumer import Consumer, ThreadDelegateConsumer, TopicPartitionGroup, TransactionManager
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT
 
@@ -97,53 +97,46 @@ class CommitBarrier:
         self._active = 0
         self._epoch = 0
         self._held = False
-        self._idle: asyncio.Event | None = None
-        self._open: asyncio.Event | None = None
-        self._commit_lock: asyncio.Lock | None = None
-
-    def _events(self) -> tuple[asyncio.Event, asyncio.Event, asyncio.Lock]:
-        if self._idle is None or self._open is None or self._commit_lock is None:  # made on the running loop
-            self._idle, self._open, self._commit_lock = asyncio.Event(), asyncio.Event(), asyncio.Lock()
-            self._idle.set()
-            self._open.set()
-        return self._idle, self._open, self._commit_lock
+        self._idle = asyncio.Event()  # no event in progress
+        self._open = asyncio.Event()  # no commit running
+        self._commit_lock = asyncio.Lock()
+        self._idle.set()
+        self._open.set()
 
     @asynccontextmanager
     async def processing(self) -> AsyncIterator[bool]:
         """Process one event (yields True), or learn that it is stale (yields False); waits while a commit runs."""
-        idle, open_, _ = self._events()
         epoch = self._epoch
-        while not open_.is_set():
-            await open_.wait()
+        while not self._open.is_set():
+            await self._open.wait()
         if self._held or epoch != self._epoch:
             yield False
             return
         self._active += 1
-        idle.clear()
+        self._idle.clear()
         try:
             yield True
         finally:
             self._active -= 1
             if self._active == 0:
-                idle.set()
+                self._idle.set()
 
     @asynccontextmanager
     async def committing(self) -> AsyncIterator[None]:
         """Commit once no event is being processed; no event starts until the commit is done."""
-        idle, open_, lock = self._events()
-        async with lock:
-            open_.clear()
+        async with self._commit_lock:
+            self._open.clear()
             try:
                 waited = 0
-                while not idle.is_set():
+                while not self._idle.is_set():
                     try:
-                        await asyncio.wait_for(idle.wait(), timeout=30)
+                        await asyncio.wait_for(self._idle.wait(), timeout=30)
                     except asyncio.TimeoutError:  # an event should take milliseconds: say so
                         waited += 30
                         log.warning("a commit has waited %ds for %d event(s) in progress", waited, self._active)
                 yield
             finally:
-                open_.set()
+                self._open.set()
 
     def hold(self) -> None:
         """A rebalance begins: events held by agents now, or taken before ``release``, are stale."""
@@ -225,12 +218,13 @@ class TransactionalTable(faust.Table):
         event = current_event()
         if event is None:
             raise RuntimeError(f"table {self.name!r} can only be changed while processing an event")
-        partition = event.message.partition
-        if value is None:
-            await self.changelog_topic.send(key=key, value=None, partition=partition, value_serializer="raw", callback=self._on_changelog_sent)
+        tombstone = value is None
+        await self.changelog_topic.send(
+            key=key, value=value, partition=event.message.partition, value_serializer="raw" if tombstone else None, callback=self._on_changelog_sent
+        )
+        if tombstone:
             self.data.pop(key, None)
         else:
-            await self.changelog_topic.send(key=key, value=value, partition=partition, callback=self._on_changelog_sent)
             self.data[key] = value
 
 
@@ -243,7 +237,8 @@ async def send_in_event_transaction(app: faust.App, topic: str, key: bytes | Non
     if event is None:
         raise RuntimeError("send_in_event_transaction works only while processing an event")
     source = event.message
-    transactional_id = f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
+    group = TopicPartitionGroup(source.topic, source.partition, app.assignor.group_for_topic(source.topic))
+    transactional_id = TransactionManager.transactional_id_format.format(group_id=app.conf.id, tpg=group)
     await app.producer.send(topic, key, value, partition=None, timestamp=None, headers=headers, transactional_id=transactional_id)
 
 
@@ -254,6 +249,18 @@ def transactional_table(app: faust.App, name: str, **kwargs: Any) -> Transaction
     return table
 
 
+_faust_seek_to_committed = ThreadDelegateConsumer.seek_to_committed
+
+
+async def _seek_to_committed_or_start(self: ThreadDelegateConsumer) -> Mapping[Any, int]:
+    committed = await _faust_seek_to_committed(self)
+    sources = {topic for agent in self.app.agents.values() for topic in agent.channel.topics}
+    for tp, offset in committed.items():
+        if tp.topic in sources and not offset:
+            await self.seek(tp, 0)  # from the log start if 0 was deleted (auto_offset_reset=earliest)
+    return committed
+
+
 def apply(app: faust.App) -> None:
     """Install corrections 1, 2, 4, 6 and 7 for ``app`` (once per app); 3 and 5 are used by the agents."""
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters_from_broker
@@ -261,20 +268,9 @@ def apply(app: faust.App) -> None:
     Consumer._new_offset = _offset_after_last_acked  # type: ignore[method-assign]
     Consumer.wait_empty = _commit_what_was_processed  # type: ignore[method-assign]
 
+    ThreadDelegateConsumer.seek_to_committed = _seek_to_committed_or_start  # type: ignore[method-assign]
+
     @app.on_rebalance_complete.connect
     async def _release(sender: Any, **kwargs: Any) -> None:  # sent before Faust's seek to the committed offsets
-        await _seek_uncommitted_to_the_start(app)
         commit_barrier.release()
         log.info("rebalance over: processing events again")
-
-
-async def _seek_uncommitted_to_the_start(app: faust.App) -> None:
-    """Correction 7: read again from the start the source partitions that have no committed offset."""
-    sources = {topic for agent in app.agents.values() for topic in agent.channel.topics}
-    assignment = app.consumer.assignment()
-    if not any(tp.topic in sources for tp in assignment):
-        return
-    committed = await app.consumer.seek_to_committed()
-    for tp, offset in committed.items():
-        if tp.topic in sources and not offset:
-            await app.consumer.seek(tp, 0)  # from the log start if 0 was deleted (auto_offset_reset=earliest)
