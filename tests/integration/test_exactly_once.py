@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections import Counter, defaultdict
+from typing import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -58,32 +59,38 @@ def _results(settings, wanted: set[str]) -> dict[str, list]:
     return found
 
 
-def test_sigkill_mid_stream_then_restart_keeps_exactly_one_event_set_per_command(worker, applied, tmp_path):
-    tenants = [tenant() for _ in range(TENANTS)]
-    commands = _commands(tenants)
-    ids = {cid for *_, cid in commands}
-    # A second worker shares the partitions with the session worker; it is the one killed.
-    env = {"AGENTSTREAM_WEB_PORT": str(applied.web_port + 1)}
+def _sigkill_a_worker_mid_load(settings, tmp_path, load: Callable[[], Awaitable[None]], done: Callable[[], int], total: int) -> WorkerProcess:
+    """Start a second worker (it takes partitions from the session worker), run ``load``, SIGKILL
+    the second worker once a third of ``total`` is ``done``, restart it and wait (up to 180 s) until
+    all of it is; returns the killed worker, for its log."""
+    env = {"AGENTSTREAM_WEB_PORT": str(settings.web_port + 1)}
     victim = WorkerProcess(tmp_path / "victim.log", env=env).start()
     time.sleep(12)  # let it join the group and take partitions before the load starts
     try:
-        asyncio.run(_produce(applied, commands, retry_every=97))
+        asyncio.run(load())
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(_results(applied, ids)) < len(ids) // 3:
+        while time.monotonic() < deadline and done() < total // 3:
             time.sleep(0.5)
-        victim.kill()  # SIGKILL: no commit, no leaving the group
+        victim.kill()  # SIGKILL mid-stream: no commit, no leaving the group; its open transactions are aborted
         restarted = WorkerProcess(tmp_path / "victim.log", env=env).start()
         try:
             deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                results = _results(applied, ids)
-                if len(results) == len(ids):
-                    break
+            while time.monotonic() < deadline and done() < total:
                 time.sleep(2)
         finally:
             restarted.stop()
     finally:
         victim.kill()
+    return victim
+
+
+def test_sigkill_mid_stream_then_restart_keeps_exactly_one_event_set_per_command(worker, applied, tmp_path):
+    tenants = [tenant() for _ in range(TENANTS)]
+    commands = _commands(tenants)
+    ids = {cid for *_, cid in commands}
+    victim = _sigkill_a_worker_mid_load(
+        applied, tmp_path, lambda: _produce(applied, commands, retry_every=97), lambda: len(_results(applied, ids)), len(ids)
+    )
 
     results = _results(applied, ids)
     unanswered = sorted(ids - set(results))
@@ -130,24 +137,10 @@ def _facts(settings, tenants: set[str]) -> Counter:
 def test_sigkill_while_folding_task_events_keeps_one_fact_per_task(worker, applied, tmp_path):
     tenants = {tenant() for _ in range(4)}
     tasks = 8000
-    env = {"AGENTSTREAM_WEB_PORT": str(applied.web_port + 1)}
-    victim = WorkerProcess(tmp_path / "victim.log", env=env).start()
-    time.sleep(12)  # let it join the group and take partitions before the load starts
-    try:
-        asyncio.run(produce_task_events(applied, sorted(tenants), tasks, datetime.now(UTC) - timedelta(hours=4)))
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sum(_facts(applied, tenants).values()) < tasks // 3:
-            time.sleep(0.5)
-        victim.kill()  # SIGKILL mid-stream: its open transactions are aborted, its events redone
-        restarted = WorkerProcess(tmp_path / "victim.log", env=env).start()
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline and len(_facts(applied, tenants)) < tasks:
-                time.sleep(2)
-        finally:
-            restarted.stop()
-    finally:
-        victim.kill()
+    start = datetime.now(UTC) - timedelta(hours=4)
+    victim = _sigkill_a_worker_mid_load(
+        applied, tmp_path, lambda: produce_task_events(applied, sorted(tenants), tasks, start), lambda: len(_facts(applied, tenants)), tasks
+    )
     facts = _facts(applied, tenants)
     assert len(facts) == tasks, f"{tasks - len(facts)} tasks have no fact\n{victim.log_tail()}"
     assert set(facts.values()) == {1}, [k for k, n in facts.items() if n > 1][:5]
