@@ -123,8 +123,8 @@ def main() -> None:
     from connectors.clickhouse import clickhouse_client
     from sinks.clickhouse_schema import FACT_COLUMNS, cube_tables, ensure_schema
     from sinks.clickhouse_sink import FACT_FIELDS, FactsSink
-    from streams.settings import Settings
-    from streams.topology import load_topology
+    from schemas.settings import Settings
+    from schemas.topology import load_topology
 
     tmp = Path(tempfile.mkdtemp(prefix="agentstream-bench-sink-"))
     try:

@@ -52,7 +52,7 @@ async def _baseline(settings, commands: int) -> float:
     from connectors.kafka_admin import admin_client
     from connectors.kafka_config import aiokafka_config
     from schemas import default_registry
-    from streams.messages import CommandMeta
+    from schemas.messages import CommandMeta
 
     admin = admin_client(settings)
     for future in admin.create_topics([NewTopic("bench.in", 6, 1), NewTopic("bench.out", 6, 1), NewTopic("bench.results", 6, 1)]).values():

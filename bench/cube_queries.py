@@ -125,8 +125,8 @@ def main() -> None:
     from connectors.clickhouse import clickhouse_client
     from sinks.clickhouse_schema import cube_tables, ensure_schema
     from sinks.cube_query import Cube
-    from streams.settings import Settings
-    from streams.topology import load_topology
+    from schemas.settings import Settings
+    from schemas.topology import load_topology
 
     tmp = Path(tempfile.mkdtemp(prefix="agentstream-bench-cube-"))
     try:

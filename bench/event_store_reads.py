@@ -41,7 +41,7 @@ async def _load(settings, tenants: int, agents: int, versions: int) -> int:
 
     from connectors.kafka_config import aiokafka_config
     from schemas import default_registry
-    from streams.messages import EventMeta, new_id
+    from schemas.messages import EventMeta, new_id
 
     registry = default_registry()
     producer = AIOKafkaProducer(**aiokafka_config(settings), acks="all", linger_ms=20, max_batch_size=512 * 1024)

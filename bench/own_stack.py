@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:
-    from streams.settings import Settings
+    from schemas.settings import Settings
 
 
 @contextmanager
@@ -33,8 +33,8 @@ def own_stack(prefix: str, kafka_port: int, redis_port: int, **env: str) -> Iter
     )
     from connectors.kafka_admin import apply
     from connectors.local_stack import LocalStack
-    from streams.settings import get_settings
-    from streams.topology import load_topology
+    from schemas.settings import get_settings
+    from schemas.topology import load_topology
 
     get_settings.cache_clear()
     settings = get_settings()

@@ -65,7 +65,7 @@ def _environment(data_dir: Path) -> dict[str, str]:
 def event_records(tenants: int, agents: int, tasks: int, seed: int = 11) -> tuple[dict[int, list[tuple[bytes, list]]], dict[tuple[str, str], tuple[int, int]]]:
     """Per partition, the encoded event records in offset order; and the expected (completed, failed) per agent."""
     from schemas import default_registry
-    from streams.messages import EventMeta
+    from schemas.messages import EventMeta
 
     registry = default_registry()
     rng = random.Random(seed)
@@ -158,7 +158,7 @@ def main() -> None:
     from streams import projections as pj
     from streams.projections import AgentSummary
     from streams.queries import get_agent_summary
-    from streams.settings import get_settings
+    from schemas.settings import get_settings
 
     settings = get_settings()
     service = RedisService(data_dir / "stack" / "redis", PORT)

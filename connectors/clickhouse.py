@@ -18,7 +18,7 @@ from typing import Iterable
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from streams.settings import Settings
+from schemas.settings import Settings
 
 _lock = threading.Lock()
 _clients: dict[str, Client] = {}

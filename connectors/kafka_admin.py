@@ -22,8 +22,8 @@ from confluent_kafka.admin import (
 )
 
 from connectors.kafka_config import confluent_config
-from streams.settings import Settings
-from streams.topology import TopicSpec, Topology
+from schemas.settings import Settings
+from schemas.topology import TopicSpec, Topology
 
 DriftKind = Literal["missing", "extra", "partitions", "config"]
 

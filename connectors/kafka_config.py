@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from streams.settings import Settings
+from schemas.settings import Settings
 
 
 def confluent_config(settings: Settings) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from streams.settings import REPO_ROOT, Settings
+from schemas.settings import REPO_ROOT, Settings
 
 KAFKA_POM = REPO_ROOT / "dev" / "kafka" / "pom.xml"
 KAFKA_LIB = REPO_ROOT / "dev" / "kafka" / "target" / "lib"

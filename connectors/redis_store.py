@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 import redis.asyncio
 
-from streams.settings import Settings
+from schemas.settings import Settings
 
 
 def redis_client(settings: Settings) -> redis.Redis:

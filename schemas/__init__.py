@@ -1,4 +1,7 @@
-"""Schema contracts of agentstream: Avro files for every command and event, plus a registry.
+"""The contracts every layer shares: Avro files for every command and event and their registry,
+the envelopes (``messages``), the topology model (``topology``, ``exports``) and the settings.
+
+This package is the bottom layer: it imports nothing from ``connectors``, ``sinks`` or ``streams``.
 
 >>> from schemas import default_registry
 >>> value, headers = default_registry().encode("StartAgent", {"agent_id": "a-1"})

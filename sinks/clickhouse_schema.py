@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from clickhouse_connect.driver.client import Client
 
 from connectors.clickhouse import run_ddl
-from streams.topology import CubeSpec
+from schemas.topology import CubeSpec
 
 #: Blocks remembered for insert deduplication, per table (facts and every cube table).
 DEDUP_WINDOW = 10_000

@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 from clickhouse_connect.driver.client import Client
 
 from sinks.clickhouse_schema import BOOKKEEPING_COLUMNS, cube_tables
-from streams.topology import CubeSpec
+from schemas.topology import CubeSpec
 
 T = TypeVar("T")
 

@@ -16,7 +16,7 @@ import pandas as pd
 from clickhouse_connect.driver.client import Client
 
 from sinks.clickhouse_schema import QUANTILE_LEVELS, cube_dimensions, cube_tables, merge_expr
-from streams.topology import CubeSpec
+from schemas.topology import CubeSpec
 
 Granularity = Literal["minute", "hour", "day"]
 GRANULARITIES: tuple[str, ...] = ("minute", "hour", "day")

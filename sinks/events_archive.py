@@ -28,8 +28,8 @@ from schemas import SchemaError, SchemaRegistry, default_registry
 from schemas.registry import SCHEMA_HEADER, VERSION_HEADER
 from sinks.clickhouse_schema import BOOKKEEPING_COLUMNS, DEDUP_WINDOW
 from sinks.clickhouse_sink import InvalidRow, TableSink
-from streams.messages import EnvelopeError, EventMeta
-from streams.topology import Topology
+from schemas.messages import EnvelopeError, EventMeta
+from schemas.topology import Topology
 
 EVENTS_TOPIC = "events.platform"
 

@@ -70,9 +70,9 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 
 from sinks.cube_query import GRANULARITIES, Cube, CubeQueryError, build_query
 from sinks.events_archive import archive_table, parse_positions, positions_header, read_archive
-from streams.exports import DueExport, ExportSpec, check_exports, due_exports
-from streams.settings import Settings
-from streams.topology import CubeSpec, Topology, load_topology
+from schemas.exports import DueExport, ExportSpec, due_exports
+from schemas.settings import Settings
+from schemas.topology import CubeSpec, Topology, check_exports, load_topology
 
 log = logging.getLogger(__name__)
 
@@ -826,13 +826,13 @@ def run_exports(queries: QueryClient, state_path: Path, now: dt.datetime | None 
     QueryError when the exports disagree with the cubes (unknown cube, measure, duplicate name).
     """
     topology = queries.topology()
-    problems = check_exports(topology)
+    problems = check_exports(topology.exports, topology.cubes)
     if problems:
         raise QueryError("; ".join(problems))
     now = now or dt.datetime.now(dt.timezone.utc)
     state = _load_state(state_path)
     results: list[ExportResult] = []
-    due: list[DueExport] = due_exports(topology, state, now)
+    due: list[DueExport] = due_exports(topology.exports, state, now)
     for item in due:
         target = Path(item.spec.target(item.at))
         if not target.is_absolute():

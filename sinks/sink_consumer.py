@@ -31,8 +31,8 @@ from connectors.kafka_config import aiokafka_config
 from sinks.clickhouse_schema import SchemaError, ensure_schema
 from sinks.clickhouse_sink import FactsSink, InvalidRow, RetryInfo, SinkClosed, TableSink, retry_forever
 from sinks.events_archive import EVENTS_TOPIC, ArchiveSink, archive_table, ensure_archive
-from streams.settings import Settings
-from streams.topology import CubeSpec, Topology
+from schemas.settings import Settings
+from schemas.topology import CubeSpec, Topology
 
 log = logging.getLogger(__name__)
 

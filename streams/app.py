@@ -8,8 +8,8 @@ import faust
 
 from connectors.kafka_config import faust_credentials
 from streams import faust_fixes
-from streams.settings import Settings, get_settings
-from streams.topology import Topology, load_topology
+from schemas.settings import Settings, get_settings
+from schemas.topology import Topology, load_topology
 
 
 def create_app(settings: Settings) -> faust.App:

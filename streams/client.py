@@ -14,8 +14,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from connectors.kafka_config import aiokafka_config
 from connectors.kafka_topics import topic_partitions
 from schemas import SchemaRegistry, UnknownSchema, default_registry
-from streams.messages import CommandAccepted, CommandMeta, CommandRejected, new_id, parse_result
-from streams.settings import Settings
+from schemas.messages import CommandAccepted, CommandMeta, CommandRejected, new_id, parse_result
+from schemas.settings import Settings
 
 COMMANDS_TOPIC = "commands.platform"
 RESULTS_TOPIC = "results.commands"

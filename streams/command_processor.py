@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from schemas import SchemaDecodeError, SchemaError, SchemaRegistry, SchemaValidationError, UnknownSchema
 from streams.domain import Aggregate, Command, Event, Rejection, RejectionCode, aggregate_for, aggregate_for_stream
-from streams.messages import (
+from schemas.messages import (
     CommandAccepted,
     CommandMeta,
     CommandRejected,

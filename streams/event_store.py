@@ -41,8 +41,8 @@ from sinks.query_api import QueryClient, QueryError, QueryFailed, QueryUnavailab
 from streams.client import CommandClient
 from streams.command_processor import APPEND_EVENTS
 from streams.domain import Event, aggregate_for_stream, replay
-from streams.messages import CommandAccepted, CommandRejected, EnvelopeError, EventMeta, Snapshot, utcnow
-from streams.settings import Settings
+from schemas.messages import CommandAccepted, CommandRejected, EnvelopeError, EventMeta, Snapshot, utcnow
+from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 

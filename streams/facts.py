@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Mapping
 
-from streams.messages import EventMeta
+from schemas.messages import EventMeta
 
 #: Stand-ins when an event arrives before what it joins with (e.g. an agent appended by the
 #: event store without AgentCreated): the fact is still counted, under "unknown".

@@ -21,7 +21,7 @@ from streams.app import agent_tables, app, topology
 from streams.facts import already_folded, checkpoint_key, fold
 from streams.faust_fixes import exactly_once, send_in_event_transaction, transactional_table
 from streams.handlers import events_topic
-from streams.messages import EnvelopeError, EventMeta
+from schemas.messages import EnvelopeError, EventMeta
 
 log = logging.getLogger(__name__)
 

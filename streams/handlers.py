@@ -21,7 +21,7 @@ from streams.app import agent_tables, app, settings, topology
 from streams.command_processor import CommandProcessor, Outcome
 from streams.domain import AGGREGATES
 from streams.faust_fixes import exactly_once, transactional_table
-from streams.messages import ERROR_HEADER, REASON_HEADER, Snapshot
+from schemas.messages import ERROR_HEADER, REASON_HEADER, Snapshot
 
 log = logging.getLogger(__name__)
 

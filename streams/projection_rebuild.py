@@ -25,7 +25,7 @@ from connectors.kafka_topics import topic_partitions
 from connectors.redis_store import async_redis_client
 from schemas import SchemaRegistry, default_registry
 from streams import projections as pj
-from streams.settings import Settings
+from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Literal, Mapping, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import SchemaError, SchemaRegistry
-from streams.messages import EnvelopeError, EventMeta
+from schemas.messages import EnvelopeError, EventMeta
 
 #: Projection name -> the read models it maintains (rebuilt together).
 PROJECTIONS: dict[str, tuple[str, ...]] = {"read_models": ("agent_summary", "tenant_overview")}

@@ -12,7 +12,7 @@ from streams import facts_agent  # noqa: F401  (registers the facts builder agen
 from streams import projection_agent  # noqa: F401  (registers the projector agent)
 from streams import web_views  # noqa: F401  (registers /cubes/{name} on the web server)
 from streams.app import agent_tables, app, settings
-from streams.topology import CodeView
+from schemas.topology import CodeView
 
 
 def code_view() -> CodeView:

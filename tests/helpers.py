@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from connectors.kafka_config import aiokafka_config
 from connectors.kafka_topics import topic_partitions
 from schemas import default_registry
-from streams.messages import EventMeta, new_id
-from streams.settings import Settings
+from schemas.messages import EventMeta, new_id
+from schemas.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 TYPES = ["llm", "retriever", "planner"]

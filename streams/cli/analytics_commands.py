@@ -34,8 +34,8 @@ from sinks.query_api import (
     write_table,
 )
 from streams.cli.console import console, err_console, fail
-from streams.settings import get_settings
-from streams.topology import TopologyError
+from schemas.settings import get_settings
+from schemas.topology import TopologyError
 
 cube_cli = typer.Typer(help="List and query the cubes declared in topology.yaml.", no_args_is_help=True)
 export_cli = typer.Typer(help="Export a cube query or a SQL query to Parquet/CSV (with a progress bar); run scheduled exports.")

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streams.cli.console import console, fail
-from streams.settings import Settings, get_settings
+from schemas.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from sinks.query_api import QueryClient
@@ -78,7 +78,7 @@ def _plan(tenants: list[str], agents: int, tasks: int = 3, seed: int = 7) -> lis
 
 async def _run(settings: Settings, tenants: list[str], agents: int, ready_timeout: float) -> Tally:
     from streams.client import CommandClient
-    from streams.messages import CommandAccepted
+    from schemas.messages import CommandAccepted
 
     tally = Tally()
     phases = _plan(tenants, agents)
@@ -187,9 +187,9 @@ def demo(
     """Run the whole pipeline locally: stack up, topology apply, a worker, a burst of commands, a summary."""
     from connectors.kafka_admin import AdminError, apply
     from connectors.local_stack import LocalStack, StackError
-    from streams.messages import new_id
+    from schemas.messages import new_id
     from streams.supervisor import WorkerProcess
-    from streams.topology import TopologyError, load_topology
+    from schemas.topology import TopologyError, load_topology
 
     settings = get_settings()
     stack = LocalStack(settings)

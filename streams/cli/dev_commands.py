@@ -7,7 +7,7 @@ from rich.table import Table
 
 from connectors.local_stack import LocalStack, StackError
 from streams.cli.console import console, fail
-from streams.settings import get_settings
+from schemas.settings import get_settings
 
 dev = typer.Typer(help="Run the local stack (KRaft Kafka from Maven jars, redis-server from apt; ClickHouse is embedded).", no_args_is_help=True)
 

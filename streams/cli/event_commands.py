@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from streams.cli.console import console, fail
-from streams.settings import get_settings
+from schemas.settings import get_settings
 
 if TYPE_CHECKING:
     from streams.event_store import EventStore, StoredEvent
@@ -36,7 +36,7 @@ def _store(kafka_only: bool) -> "EventStore":
 
 
 def _check_tenant(tenant: str) -> None:
-    from streams.messages import EnvelopeError, check_tenant_id
+    from schemas.messages import EnvelopeError, check_tenant_id
 
     try:
         check_tenant_id(tenant)

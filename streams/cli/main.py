@@ -15,7 +15,7 @@ from streams.cli.event_commands import events_cli
 from streams.cli.projection_commands import agents_cli, projections_cli
 from streams.cli.schema_commands import schemas_cli
 from streams.cli.topology_commands import topology_cli
-from streams.settings import get_settings
+from schemas.settings import get_settings
 
 cli = typer.Typer(
     help="agentstream: the event backbone of a multi-tenant AI-agent platform (Kafka, Faust, Redis, ClickHouse).",
@@ -68,7 +68,7 @@ def sink(
     from sinks.clickhouse_schema import SchemaError
     from sinks.events_archive import archive_table
     from sinks.sink_consumer import SinkConsumer, facts_cube
-    from streams.topology import TopologyError, load_topology
+    from schemas.topology import TopologyError, load_topology
 
     settings = get_settings()
     levels = {"crit": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING, "info": logging.INFO, "debug": logging.DEBUG}
@@ -105,7 +105,7 @@ def send(
     """Produce one command; with --wait print its outcome. Bad input is refused before anything is produced."""
     from schemas import SchemaError
     from streams.client import CommandTimeout, send_command
-    from streams.messages import CommandAccepted, CommandRejected
+    from schemas.messages import CommandAccepted, CommandRejected
 
     try:
         payload = json.loads(data)

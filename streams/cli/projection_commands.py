@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streams.cli.console import console, fail
-from streams.settings import get_settings
+from schemas.settings import get_settings
 
 if TYPE_CHECKING:
     import redis

@@ -10,8 +10,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from streams.cli.console import console, fail
-from streams.settings import get_settings
-from streams.topology import Topology, TopologyError, load_topology, render_graph, validate as validate_topology
+from schemas.settings import get_settings
+from schemas.topology import Topology, TopologyError, load_topology, render_graph, validate as validate_topology
 
 topology_cli = typer.Typer(help="Show, validate, diff, apply and draw topology.yaml.", no_args_is_help=True)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
-from streams.settings import Settings, get_settings
+from schemas.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from streams.supervisor import WorkerProcess
@@ -65,7 +65,7 @@ def settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
 def applied(settings: Settings) -> Settings:
     """The topology applied to the test cluster."""
     from connectors.kafka_admin import apply
-    from streams.topology import load_topology
+    from schemas.topology import load_topology
 
     apply(load_topology(settings.topology_path), settings, echo=lambda line: None)
     return settings

@@ -25,7 +25,7 @@ import pytest
 from schemas import default_registry
 from sinks.clickhouse_schema import merge_expr
 from streams.client import send_command
-from streams.messages import CommandAccepted
+from schemas.messages import CommandAccepted
 from streams.supervisor import WorkerProcess
 from tests.helpers import headers_of, produce_task_events, read_topic, run_cli, tenant
 

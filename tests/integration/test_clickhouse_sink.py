@@ -20,8 +20,8 @@ from connectors.clickhouse import clickhouse_client
 from sinks.clickhouse_schema import QUANTILE_ACCURACY, cube_tables, ensure_schema
 from sinks.clickhouse_sink import FactsSink, InvalidFact, RetryInfo, SinkClosed
 from sinks.cube_query import Cube
-from streams.settings import get_settings
-from streams.topology import CubeSpec, load_topology
+from schemas.settings import get_settings
+from schemas.topology import CubeSpec, load_topology
 
 UTC = dt.timezone.utc
 TOPIC = "facts.tasks"

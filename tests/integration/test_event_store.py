@@ -14,7 +14,7 @@ from streams.client import CommandClient
 from streams.command_processor import SNAPSHOT_EVERY
 from streams.domain import AGENT, Event, replay
 from streams.event_store import AppendRejected, EventStore
-from streams.messages import CommandAccepted, EventMeta, new_id
+from schemas.messages import CommandAccepted, EventMeta, new_id
 from tests.helpers import tenant
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ from connectors.kafka_config import aiokafka_config
 from sinks.query_api import QueryClient
 from streams.client import CommandClient
 from streams.event_store import EventStore
-from streams.messages import CommandAccepted
+from schemas.messages import CommandAccepted
 from streams.supervisor import WorkerProcess
 from tests.helpers import run_cli, tenant
 

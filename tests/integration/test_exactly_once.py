@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from connectors.kafka_config import aiokafka_config
 from schemas import default_registry
 from streams.client import CommandClient
-from streams.messages import CommandAccepted, CommandMeta, parse_result
+from schemas.messages import CommandAccepted, CommandMeta, parse_result
 from streams.supervisor import WorkerProcess
 from tests.helpers import headers_of, produce_task_events, read_topic, tenant
 

@@ -14,7 +14,7 @@ from connectors.redis_store import async_redis_client, redis_client
 from schemas import default_registry
 from streams import projections as pj
 from streams.client import CommandClient
-from streams.messages import CommandAccepted, EventMeta, utcnow
+from schemas.messages import CommandAccepted, EventMeta, utcnow
 from streams.projection_rebuild import lag, rebuild
 from streams.queries import get_agent_summary, get_tenant_overview, list_agents, live_generation
 from tests.helpers import run_cli, tenant

@@ -29,8 +29,8 @@ from connectors.clickhouse import clickhouse_client
 from sinks.clickhouse_schema import FACT_COLUMNS, cube_tables, ensure_schema
 from sinks.clickhouse_sink import fact_row
 from sinks.query_api import QueryClient, QueryError, UnknownCube, build_query_app, run_due_exports
-from streams.settings import Settings, get_settings
-from streams.topology import CubeSpec, load_topology
+from schemas.settings import Settings, get_settings
+from schemas.topology import CubeSpec, load_topology
 from tests.helpers import run_cli
 
 UTC = dt.timezone.utc

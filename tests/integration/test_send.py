@@ -8,7 +8,7 @@ import json
 import pytest
 
 from streams.client import CommandClient
-from streams.messages import CommandAccepted, CommandRejected
+from schemas.messages import CommandAccepted, CommandRejected
 from tests.helpers import end_offsets, headers_of, read_topic, run_cli, tenant
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import pytest
 
 from schemas import default_registry
 from streams.command_processor import CommandProcessor, Outcome
-from streams.messages import CommandAccepted, CommandMeta, CommandRejected, EventMeta
+from schemas.messages import CommandAccepted, CommandMeta, CommandRejected, EventMeta
 
 REG = default_registry()
 

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 
 from sinks.cube_query import CubeQueryError, build_query
-from streams.topology import CubeSpec
+from schemas.topology import CubeSpec
 
 UTC = dt.timezone.utc
 SPEC = CubeSpec(

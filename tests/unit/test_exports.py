@@ -8,9 +8,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from streams.exports import DueExport, ExportSpec, check_crontab, check_exports, due_exports, last_fire
-from streams.settings import REPO_ROOT
-from streams.topology import Topology, TopologyError, load_topology
+from schemas.exports import DueExport, ExportSpec, check_crontab, due_exports, last_fire
+from schemas.topology import check_exports
+from schemas.settings import REPO_ROOT
+from schemas.topology import Topology, TopologyError, load_topology
 
 UTC = dt.timezone.utc
 REAL = REPO_ROOT / "topology.yaml"
@@ -99,7 +100,7 @@ def test_the_real_topology_declares_a_valid_daily_parquet_export():
     assert [e.name for e in real.exports] == ["task_cube_daily"]
     export = real.exports[0]
     assert export.cube == "task_cube" and export.format == "parquet" and export.granularity == "day"
-    assert check_exports(real) == []
+    assert check_exports(real.exports, real.cubes) == []
 
 
 def test_a_topology_file_with_a_bad_export_fails_to_load(tmp_path):
@@ -118,7 +119,7 @@ def test_check_exports_finds_unknown_cubes_measures_and_duplicates():
         spec(name="c", cube=None, sql="SELECT 1"),
         spec(name="c", cube=None, sql="SELECT 2"),
     )
-    problems = check_exports(t)
+    problems = check_exports(t.exports, t.cubes)
     assert "export 'a': unknown cube 'nope'" in problems
     assert "export 'b': cube 'task_cube' has no measure 'bogus'" in problems
     assert "export 'b': cube 'task_cube' has no dimension 'planet'" in problems
@@ -141,7 +142,7 @@ def test_last_fire_is_at_or_before_now():
 def test_an_export_that_never_ran_is_due_for_its_latest_fire_time():
     daily = spec()
     now = dt.datetime(2025, 1, 2, 14, 0, tzinfo=UTC)
-    assert due_exports(topology(daily), {}, now) == [DueExport(daily, dt.datetime(2025, 1, 2, 0, 15, tzinfo=UTC))]
+    assert due_exports(topology(daily).exports, {}, now) == [DueExport(daily, dt.datetime(2025, 1, 2, 0, 15, tzinfo=UTC))]
 
 
 def test_an_export_is_due_once_per_fire_time():
@@ -149,18 +150,18 @@ def test_an_export_is_due_once_per_fire_time():
     t = topology(daily)
     fired = dt.datetime(2025, 1, 2, 0, 15, tzinfo=UTC)
     # it ran for today's fire time: not due again today
-    assert due_exports(t, {"daily": fired}, dt.datetime(2025, 1, 2, 23, 59, tzinfo=UTC)) == []
+    assert due_exports(t.exports, {"daily": fired}, dt.datetime(2025, 1, 2, 23, 59, tzinfo=UTC)) == []
     # just before tomorrow's fire time: still not due
-    assert due_exports(t, {"daily": fired}, dt.datetime(2025, 1, 3, 0, 14, 59, tzinfo=UTC)) == []
+    assert due_exports(t.exports, {"daily": fired}, dt.datetime(2025, 1, 3, 0, 14, 59, tzinfo=UTC)) == []
     # at tomorrow's fire time: due, for that time
-    assert due_exports(t, {"daily": fired}, dt.datetime(2025, 1, 3, 0, 15, tzinfo=UTC)) == [DueExport(daily, fired + dt.timedelta(days=1))]
+    assert due_exports(t.exports, {"daily": fired}, dt.datetime(2025, 1, 3, 0, 15, tzinfo=UTC)) == [DueExport(daily, fired + dt.timedelta(days=1))]
 
 
 def test_missed_runs_are_caught_up_once_for_the_latest_fire_time():
     daily = spec()
     last = dt.datetime(2025, 1, 1, 0, 15, tzinfo=UTC)
     now = dt.datetime(2025, 1, 5, 8, 0, tzinfo=UTC)
-    assert due_exports(topology(daily), {"daily": last}, now) == [DueExport(daily, dt.datetime(2025, 1, 5, 0, 15, tzinfo=UTC))]
+    assert due_exports(topology(daily).exports, {"daily": last}, now) == [DueExport(daily, dt.datetime(2025, 1, 5, 0, 15, tzinfo=UTC))]
 
 
 def test_due_exports_handles_each_export_and_naive_times():
@@ -169,14 +170,14 @@ def test_due_exports_handles_each_export_and_naive_times():
     t = topology(hourly, daily)
     now = dt.datetime(2025, 1, 2, 10, 30)  # naive: UTC
     last = {"hourly": dt.datetime(2025, 1, 2, 9, 0), "daily": dt.datetime(2025, 1, 2, 0, 15)}
-    assert due_exports(t, last, now) == [DueExport(hourly, dt.datetime(2025, 1, 2, 10, 0, tzinfo=UTC))]
-    assert due_exports(topology(), {}, now) == []
+    assert due_exports(t.exports, last, now) == [DueExport(hourly, dt.datetime(2025, 1, 2, 10, 0, tzinfo=UTC))]
+    assert due_exports(topology().exports, {}, now) == []
 
 
 def test_due_exports_is_pure():
     t = topology(spec())
     last = {"daily": dt.datetime(2025, 1, 1, 0, 15, tzinfo=UTC)}
     now = dt.datetime(2025, 1, 2, 1, 0, tzinfo=UTC)
-    first = due_exports(t, last, now)
-    assert due_exports(t, last, now) == first
+    first = due_exports(t.exports, last, now)
+    assert due_exports(t.exports, last, now) == first
     assert last == {"daily": dt.datetime(2025, 1, 1, 0, 15, tzinfo=UTC)}

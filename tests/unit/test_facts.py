@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from streams.facts import agent_key, already_folded, checkpoint_key, fold, task_key
-from streams.messages import EventMeta
+from schemas.messages import EventMeta
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

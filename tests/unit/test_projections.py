@@ -8,7 +8,7 @@ import pytest
 
 from schemas import default_registry
 from streams import projections as pj
-from streams.messages import EventMeta
+from schemas.messages import EventMeta
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

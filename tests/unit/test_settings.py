@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streams.settings import Settings
+from schemas.settings import Settings
 
 
 def test_environment_overrides_and_embedded_clickhouse_default(monkeypatch, tmp_path: Path):

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.settings import REPO_ROOT
-from streams.topology import CodeView, Topology, TopologyError, load_topology, render_graph, validate
+from schemas.settings import REPO_ROOT
+from schemas.topology import CodeView, Topology, TopologyError, load_topology, render_graph, validate
 
 REAL = REPO_ROOT / "topology.yaml"
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterable, Literal
+from typing import ClassVar, Iterable, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from streams.exports import ExportSpec
+from schemas.exports import ExportSpec
 
 
 class TopologyError(ValueError):
@@ -124,6 +124,25 @@ class CubeSpec(_Spec):
         return self
 
 
+def check_exports(exports: Sequence[ExportSpec], cubes: Sequence[CubeSpec]) -> list[str]:
+    """Problems of ``exports`` against the declared ``cubes``: duplicate names, unknown cubes,
+    measures or dimensions the cube does not declare. Empty when they agree."""
+    problems: list[str] = []
+    names = [e.name for e in exports]
+    problems += [f"exports: '{n}' is declared twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    by_name = {c.name: c for c in cubes}
+    for export in exports:
+        if export.cube is None:
+            continue
+        cube = by_name.get(export.cube)
+        if cube is None:
+            problems.append(f"export '{export.name}': unknown cube '{export.cube}'")
+            continue
+        problems += [f"export '{export.name}': cube '{cube.name}' has no measure '{m}'" for m in export.measures if m not in cube.measures]
+        problems += [f"export '{export.name}': cube '{cube.name}' has no dimension '{d}'" for d in export.dimensions if d not in cube.dimensions]
+    return problems
+
+
 class Topology(_Spec):
     """The whole declaration, with its internal references checked."""
 
@@ -132,7 +151,7 @@ class Topology(_Spec):
     agents: list[AgentSpec] = Field(default_factory=list)
     sinks: list[SinkSpec] = Field(default_factory=list)
     cubes: list[CubeSpec] = Field(default_factory=list)
-    exports: list[ExportSpec] = Field(default_factory=list, description="scheduled exports (streams/exports.py)")
+    exports: list[ExportSpec] = Field(default_factory=list, description="scheduled exports (schemas/exports.py)")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Topology":

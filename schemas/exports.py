@@ -15,13 +15,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Mapping
+from typing import Literal, Mapping, Sequence
 
 from croniter import croniter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-if TYPE_CHECKING:
-    from streams.topology import Topology
 
 UTC = dt.timezone.utc
 
@@ -118,33 +115,14 @@ def last_fire(schedule: str, now: dt.datetime) -> dt.datetime:
     return _utc(prev)
 
 
-def check_exports(topology: "Topology") -> list[str]:
-    """Problems of the exports against the rest of the topology: duplicate names, unknown cubes,
-    measures or dimensions the cube does not declare. Empty when they agree."""
-    problems: list[str] = []
-    names = [e.name for e in topology.exports]
-    problems += [f"exports: '{n}' is declared twice" for n in sorted({n for n in names if names.count(n) > 1})]
-    cubes = {c.name: c for c in topology.cubes}
-    for export in topology.exports:
-        if export.cube is None:
-            continue
-        cube = cubes.get(export.cube)
-        if cube is None:
-            problems.append(f"export '{export.name}': unknown cube '{export.cube}'")
-            continue
-        problems += [f"export '{export.name}': cube '{cube.name}' has no measure '{m}'" for m in export.measures if m not in cube.measures]
-        problems += [f"export '{export.name}': cube '{cube.name}' has no dimension '{d}'" for d in export.dimensions if d not in cube.dimensions]
-    return problems
-
-
-def due_exports(topology: "Topology", last_run: Mapping[str, dt.datetime], now: dt.datetime) -> list[DueExport]:
-    """The exports of ``topology`` due at ``now`` given when each last ran (pure).
+def due_exports(exports: Sequence[ExportSpec], last_run: Mapping[str, dt.datetime], now: dt.datetime) -> list[DueExport]:
+    """The ``exports`` due at ``now`` given when each last ran (pure).
 
     ``last_run`` maps an export name to the fire time of its last successful run (naive =
     UTC); a missing name has never run. See the module docstring for the rule.
     """
     due: list[DueExport] = []
-    for export in topology.exports:
+    for export in exports:
         fired = last_fire(export.schedule, now)
         previous = last_run.get(export.name)
         if previous is None or _utc(previous) < fired:
