@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,13 @@ class Settings(BaseSettings):
     kafka_session_timeout_s: float = 10.0
     #: Replication factor used when the CLI creates topics (1 on the single local broker).
     kafka_replication_factor: int = 1
+    #: How long a worker's open transaction may stay open before the broker aborts it. A worker
+    #: that dies is fenced at once when it restarts (same transactional id); one that never comes
+    #: back holds ``read_committed`` readers of its partitions back for at most this long.
+    kafka_transaction_timeout_s: float = 10.0
+    #: The largest record the runtime writes (the broker's default limit is about 1 MB); anything
+    #: larger is dead-lettered before the batch is sent, never retried.
+    kafka_max_record_bytes: int = 1_000_000
 
     # Stores
     clickhouse_url: str = ""  # empty: embedded chdb under data_dir (filled in below)
@@ -53,6 +61,11 @@ class Settings(BaseSettings):
     #: bound to ``web_host``. The sink owns the embedded chdb path, so other processes query through it.
     sink_port: int = 6067
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
+    #: This worker's name in transactional ids (``<app>-<agent>-<worker id>``): stable across
+    #: restarts of one worker, different between workers. Empty: ``<hostname>-<web_port>``.
+    worker_id: str = ""
+    #: The most records one runtime batch takes (a batch is whatever has been fetched, up to this).
+    runtime_max_batch: int = 5000
     #: Commands larger than this are rejected before they reach a handler.
     max_command_bytes: int = 256 * 1024
 
@@ -60,6 +73,8 @@ class Settings(BaseSettings):
     def _embedded_clickhouse_by_default(self) -> "Settings":
         if not self.clickhouse_url:
             self.clickhouse_url = f"chdb://{(self.data_dir / 'chdb').resolve()}"
+        if not self.worker_id:
+            self.worker_id = f"{socket.gethostname()}-{self.web_port}"
         return self
 
     @property

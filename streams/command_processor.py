@@ -1,6 +1,6 @@
 """Turns one raw command message into an outcome: events to append, a state change, a result.
 
-No I/O: the Faust agent in ``streams.handlers`` gives it the message and a way to read the
+No I/O: the runtime agent in ``streams.handlers`` gives it the message and a way to read the
 aggregate table, then writes what the outcome says (all inside one Kafka transaction).
 Every failure becomes a typed rejection (and, for malformed input, a dead letter); nothing
 here raises.
@@ -67,8 +67,8 @@ def _remember(recent: list[list], command_id: str, result: CommandAccepted | Com
     return [*recent, [command_id, compact_result(result)]][-DEDUP_PER_STREAM:]
 
 
-def _handled_already(last: list[int] | None, position: tuple[int, int]) -> bool:
-    """Whether the message at ``position`` is at or before ``last`` in the same partition."""
+def _handled_already(last: list | None, position: tuple[str | int, int]) -> bool:
+    """Whether the message at ``position`` is at or before ``last`` in the same source partition."""
     return last is not None and last[0] == position[0] and position[1] <= last[1]
 
 
@@ -98,15 +98,16 @@ class CommandProcessor:
         value: bytes | None,
         headers: Headers,
         load_state: Callable[[str], dict | None],
-        position: tuple[int, int] | None = None,
+        position: tuple[str | int, int] | None = None,
     ) -> Outcome:
         """The outcome of one message; never raises.
 
-        ``position`` is the message's (partition, offset). The stream's row remembers the
-        position of the last message that changed it, so a message delivered again after its
-        outcome was stored (a redelivery the consumer offset does not know about yet) gets an
-        empty outcome: ``Outcome.redelivered``, nothing to write. Positions in another partition
-        (the topic was repartitioned) are not compared.
+        ``position`` is the message's (source partition, offset), the source naming the topic
+        and partition (e.g. ``"commands.platform[3]"``). The stream's row remembers the position
+        of the last message that changed it, so a message delivered again after its outcome was
+        stored gets an empty outcome: ``Outcome.redelivered``, nothing to write. (The runtime
+        commits rows and offsets together, so this is a second line of defence.) Positions in
+        another source are not compared.
         """
         try:
             meta = CommandMeta.from_headers(headers)
@@ -118,7 +119,7 @@ class CommandProcessor:
             return self._reject(meta, RejectionCode.HANDLER_FAILED, f"{type(exc).__name__}: {exc}", dead_letter="handler-error")
 
     def _process(
-        self, meta: CommandMeta, key: bytes | None, value: bytes, headers: Headers, load_state: Callable[[str], dict | None], position: tuple[int, int] | None
+        self, meta: CommandMeta, key: bytes | None, value: bytes, headers: Headers, load_state: Callable[[str], dict | None], position: tuple[str | int, int] | None
     ) -> Outcome:
         if len(value) > self.max_bytes:
             return self._reject(meta, RejectionCode.VALIDATION_FAILED, f"payload of {len(value)} bytes exceeds the limit of {self.max_bytes}", "oversize")

@@ -3,7 +3,7 @@
 A fact is emitted when a task finishes (TaskCompleted or TaskFailed). It joins three events of
 one tenant: the agent's creation (agent type, region), the task's assignment (start time) and
 its end (outcome, cost, end time). The joins use a context table keyed within the tenant, which
-``fold`` reads and updates; the Faust agent in ``streams.facts_agent`` keeps that table.
+``fold`` reads and updates; the runtime agent in ``streams.facts_agent`` keeps that table.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from schemas.messages import EventMeta
 #: Stand-ins when an event arrives before what it joins with (e.g. an agent appended by the
 #: event store without AgentCreated): the fact is still counted, under "unknown".
 UNKNOWN = "unknown"
+#: The events ``fold`` looks at; every other event leaves the context alone and makes no fact.
+FOLDED_EVENTS = frozenset({"AgentCreated", "TaskAssigned", "TaskCompleted", "TaskFailed"})
 
 
 def agent_key(tenant: str, agent_id: str) -> str:
@@ -26,22 +28,6 @@ def agent_key(tenant: str, agent_id: str) -> str:
 def task_key(tenant: str, task_id: str) -> str:
     """Context key of an open task within its tenant."""
     return f"{tenant}/task/{task_id}"
-
-
-def checkpoint_key(partition: int) -> str:
-    """Context key of the offset of the last event of ``partition`` that changed the context or made a fact."""
-    return f"__applied__/{partition}"
-
-
-def already_folded(context: Mapping[str, Any], partition: int, offset: int) -> bool:
-    """Whether the event at ``partition``/``offset`` was folded already (it is at or below the checkpoint).
-
-    An event's offset can commit later than its fact and context changes (its partition is read
-    by other agents too, and the offset moves only when all of them are done), so after a crash
-    events can come again that were folded already; folding them twice would repeat their facts.
-    """
-    applied = context.get(checkpoint_key(partition))
-    return applied is not None and offset <= applied
 
 
 def fold(event_type: str, data: Mapping[str, Any], meta: EventMeta, context: Mapping[str, Any]) -> tuple[dict[str, Any | None], dict[str, Any] | None]:

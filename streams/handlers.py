@@ -1,89 +1,104 @@
-"""The command handler agent: the thin Faust shell around ``CommandProcessor``.
+"""The ``command_handler`` agent: the thin runtime shell around ``CommandProcessor``.
 
-For each command it reads the aggregate from the ``aggregates`` table, lets the pure core
-decide, then appends the events and updates the table (both commit with the command's offset in
-the worker's Kafka transaction: exactly once; see ``streams.faust_fixes``), writes a snapshot
-every ``SNAPSHOT_EVERY`` versions, answers on the results topic and, for malformed input, keeps
-the original bytes on the dead-letter topic with the reason. Faust sends those last three
-outside the transaction (the worker does not consume their topics), so after a crash they may
-appear twice (see docs/architecture.md). A retried command id gets its first answer again and
-writes nothing else.
+For each command of a batch it lets the pure processor decide against the ``aggregates`` table,
+then sends the events (to the command's own partition of the event store), the result, a
+snapshot every ``SNAPSHOT_EVERY`` versions and, for malformed input, the original bytes with the
+reason to the dead-letter topic, and changes the table. The runtime commits all of that with
+the command's offset in one Kafka transaction: every command is decided once and answered once,
+even across crashes. A retried command id gets its first answer again and writes nothing else.
+
+**One writer per tenant, whatever the producer's partitioner.** Commands are keyed by tenant and
+the tenant's partition is murmur2(tenant) (Java clients and aiokafka). A command that another
+partitioner (librdkafka's CRC32 default) put elsewhere is not decided where it landed: it is
+forwarded, in the same transaction as that partition's offset, to the tenant's own partition of
+an internal repartition topic, which this agent also consumes, co-partitioned with the commands
+(as Kafka Streams repartitions). So one partition owner decides for a tenant.
 """
 
 from __future__ import annotations
 
 import logging
 
-import faust
-
 from schemas import default_registry
-from streams.app import agent_tables, app, settings, topology
+from schemas.messages import ERROR_HEADER, REASON_HEADER, CommandRejected, Snapshot
+from schemas.topics import COMMANDS, DEADLETTER, EVENTS, RESULTS
 from streams.command_processor import CommandProcessor, Outcome
-from streams.domain import AGGREGATES
-from streams.faust_fixes import exactly_once, transactional_table
-from schemas.messages import ERROR_HEADER, REASON_HEADER, Snapshot
+from streams.domain import RejectionCode
+from streams.runtime import AgentContext, Batch, KeyPartitioner, Outputs, ProcessorBase, RuntimeAgent
 
 log = logging.getLogger(__name__)
 
-COMMANDS = "commands.platform"
-EVENTS = "events.platform"
-RESULTS = "results.commands"
-DEADLETTER = "deadletter.commands"
+#: The internal topic that carries commands to their tenant's partition (created by the worker).
+REPARTITION = "agentstream-command_handler-repartition"
 
 
-def _topic(name: str) -> faust.TopicT:
-    spec = topology.topic(name)
-    return app.topic(name, partitions=spec.partitions, key_serializer="raw", value_serializer="raw")
+def _headers_size(headers: list[tuple[str, bytes]]) -> int:
+    return sum(len(k) + len(v or b"") for k, v in headers)
 
 
-commands_topic = _topic(COMMANDS)
-events_topic = _topic(EVENTS)
-results_topic = _topic(RESULTS)
-deadletter_topic = _topic(DEADLETTER)
-snapshot_topics = {aggregate.name: _topic(Snapshot.topic_for(aggregate.name)) for aggregate in AGGREGATES}
+class CommandHandler(ProcessorBase):
+    """Decides the commands of a partition batch and sends what they cause."""
 
-aggregates = transactional_table(
-    app,
-    "aggregates",
-    default=None,
-    partitions=topology.table_partitions("aggregates"),
-    key_type=str,  # JSON keys: the changelog is read back with the same serializer on recovery
-    help="Aggregate state and version per tenant/stream.",
-)
+    def __init__(self, context: AgentContext) -> None:
+        settings = context.settings
+        self.processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes)
+        self.owner = KeyPartitioner(context.topology.topic(COMMANDS).partitions)
+        self.max_record = settings.kafka_max_record_bytes - 4096  # room for the envelope headers
 
-processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes)
-
-
-async def _write(outcome: Outcome, key: bytes | None, value: bytes | None, headers: list) -> None:
-    tenant_key = outcome.result.tenant_id.encode() if outcome.result else key
-    # Sends first, table last: if a send fails, the local table has not moved ahead of what the
-    # abandoned transaction would have committed.
-    for event in outcome.events:
-        await events_topic.send(key=tenant_key, value=event.value, headers=event.headers)
-    if outcome.snapshot is not None:
-        snapshot = outcome.snapshot
-        await snapshot_topics[snapshot.aggregate].send(key=snapshot.key, value=snapshot.model_dump_json().encode())
-    if outcome.dead_letter is not None:
-        reasons = [(REASON_HEADER, outcome.dead_letter.encode()), (ERROR_HEADER, (outcome.error or "").encode()[:4000])]
-        await deadletter_topic.send(key=key, value=value, headers=list(headers) + reasons)
-        log.warning("command dead-lettered (%s): %s", outcome.dead_letter, outcome.error)
-    if outcome.result is not None:
-        await results_topic.send(key=outcome.result.command_id.encode(), value=outcome.result.model_dump_json().encode())
-    if outcome.state_key is not None:
-        await aggregates.write(outcome.state_key, outcome.new_state)
-
-
-agent_tables["command_handler"] = [aggregates.name]
-
-
-@app.agent(commands_topic, name="command_handler")
-async def command_handler(stream: faust.StreamT) -> None:
-    """Decide every command of the partitions this worker owns; never stop on bad input."""
-    async for event in stream.events():
-        message = event.message
-        headers = list(message.headers or [])
-        async with exactly_once(event) as current:
-            if not current:
+    def process(self, batch: Batch, out: Outputs) -> None:
+        """Decide each command in offset order against the batch's view of the aggregates."""
+        aggregates = batch.tables["aggregates"]
+        partition = batch.partition
+        source = f"{batch.topic}[{partition}]"
+        for message in batch.messages:
+            key = message.key()
+            value = message.value()
+            headers = message.headers() or []
+            if key is not None and batch.topic == COMMANDS:
+                owner = self.owner(key)
+                if owner != partition:
+                    out.send(REPARTITION, key, value, headers, partition=owner)
+                    continue
+            outcome = self.processor.process(key, value, headers, aggregates.get, position=(source, message.offset()))
+            if outcome.redelivered:
                 continue
-            outcome = processor.process(message.key, message.value, headers, aggregates.get, position=(message.partition, message.offset))
-            await _write(outcome, message.key, message.value, headers)
+            self._write(outcome, key, value, headers, partition, out, aggregates)
+
+    def _write(self, outcome: Outcome, key: bytes | None, value: bytes | None, headers: list, partition: int, out: Outputs, aggregates) -> None:
+        result = outcome.result
+        result_json = result.model_dump_json().encode() if result is not None else None
+        snapshot_json = outcome.snapshot.model_dump_json().encode() if outcome.snapshot is not None else None
+        too_big = max([len(e.value) + _headers_size(e.headers) for e in outcome.events] + [len(result_json or b""), len(snapshot_json or b"")])
+        if too_big > self.max_record and result is not None:
+            # The broker would refuse it: reject the command instead, keep it as a dead letter, change nothing.
+            message = f"handling the command would write a record of {too_big} bytes, over the limit of {self.max_record}"
+            result = CommandRejected(
+                command_id=result.command_id, tenant_id=result.tenant_id, code=RejectionCode.VALIDATION_FAILED.value, message=message, current_version=None
+            )
+            outcome = Outcome(result=result, dead_letter="oversize-output", error=message)
+            result_json, snapshot_json = result.model_dump_json().encode(), None
+        tenant_key = result.tenant_id.encode() if result is not None else key
+        for event in outcome.events:
+            out.send(EVENTS, tenant_key, event.value, event.headers, partition=partition)
+        if snapshot_json is not None:
+            snapshot: Snapshot = outcome.snapshot  # type: ignore[assignment]
+            out.send(Snapshot.topic_for(snapshot.aggregate), snapshot.key, snapshot_json)
+        if outcome.dead_letter is not None:
+            reasons = [(REASON_HEADER, outcome.dead_letter.encode()), (ERROR_HEADER, (outcome.error or "").encode()[:4000])]
+            out.send(DEADLETTER, key, value, list(headers) + reasons)
+            log.warning("command dead-lettered (%s): %s", outcome.dead_letter, outcome.error)
+        if result_json is not None:
+            out.send(RESULTS, result.command_id.encode(), result_json)  # type: ignore[union-attr]
+        if outcome.state_key is not None:
+            aggregates.put(outcome.state_key, outcome.new_state)
+
+
+AGENT = RuntimeAgent(
+    name="command_handler",
+    inputs=(COMMANDS,),
+    tables=("aggregates",),
+    build=CommandHandler,
+    internal_topics={REPARTITION: COMMANDS},
+    deadletter=DEADLETTER,
+    description="Decides commands against aggregate state; emits events and one result per command, exactly once.",
+)

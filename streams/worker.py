@@ -1,42 +1,65 @@
-"""The worker entry point: the app with every agent registered, and ``run`` to start it."""
+"""The worker entry point: the runtime agents, which of them this process runs, and ``run``."""
 
 from __future__ import annotations
 
-import shutil
 import sys
-from pathlib import Path
+from typing import Iterable, Sequence
+
+from faust.web import Request, Response, View
 
 from schemas import default_registry
-from streams import handlers  # noqa: F401  (registers the command handler agent)
-from streams import facts_agent  # noqa: F401  (registers the facts builder agent)
-from streams import projection_agent  # noqa: F401  (registers the projector agent)
-from streams import web_views  # noqa: F401  (registers /cubes/{name} on the web server)
-from streams.app import agent_tables, app, settings
 from schemas.topology import CodeView
+from streams import facts_agent, handlers, projection_agent
+from streams import web_views  # noqa: F401  (registers /cubes/{name} on the web server)
+from streams.app import app, settings, topology
+from streams.runtime import AgentContext, RuntimeAgent
+from streams.runtime.service import RuntimeService, runtime_service
+
+#: Every agent of the platform, by name (``topology.yaml`` declares the same set).
+AGENTS: dict[str, RuntimeAgent] = {agent.name: agent for agent in (handlers.AGENT, facts_agent.AGENT, projection_agent.AGENT)}
+
+
+class UnknownAgent(ValueError):
+    """A name given to ``agentstream worker --agents`` that is no agent of the platform."""
+
+
+def select(names: Iterable[str] | None) -> list[RuntimeAgent]:
+    """The agents called ``names`` (all of them for None or empty); UnknownAgent names the wrong ones."""
+    wanted = [n.strip() for n in names or [] if n.strip()]
+    unknown = [n for n in wanted if n not in AGENTS]
+    if unknown:
+        raise UnknownAgent(f"no such agent: {', '.join(unknown)} (agents: {', '.join(AGENTS)})")
+    return [AGENTS[n] for n in wanted] if wanted else list(AGENTS.values())
 
 
 def code_view() -> CodeView:
     """The agents, tables and schemas that the code defines, for ``topology validate``."""
+    partitions = {table: topology.topic(agent.inputs[0]).partitions for agent in AGENTS.values() for table in agent.tables}
     return CodeView(
-        agents={agent.name: (list(agent.channel.topics), agent_tables.get(agent.name, [])) for agent in app.agents.values()},
-        tables={table.name: table.partitions for table in app.tables.values()},
+        agents={agent.name: (list(agent.inputs), list(agent.tables)) for agent in AGENTS.values()},
+        tables=partitions,
         schemas=set(default_registry().names()),
     )
 
 
-def run() -> None:
-    """Run a Faust worker in this process until it is stopped (SIGINT/SIGTERM).
+@app.page("/runtime")
+class RuntimeView(View):
+    """``GET /runtime``: per runtime agent, the partitions it owns here and what it has committed."""
 
-    Faust writes table changes to the local RocksDB store before the transaction that carries
-    their changelog commits, and its final commit can fail during shutdown; after such a stop,
-    or a crash, the store may hold changes of an aborted transaction, which would then decide
-    commands (a retried command answered as done while its events were rolled back). So a worker
-    always starts with empty local tables and restores them from the changelog topics, which
-    under ``read_committed`` hold only committed changes. Start-up takes time proportional to the
-    compacted changelogs; correctness does not depend on how the last run ended.
+    async def get(self, request: Request) -> Response:
+        running = RuntimeService.running
+        return self.json({"worker_id": settings.worker_id, "agents": running.status() if running else []})
+
+
+def run(agents: Sequence[str] | None = None) -> None:
+    """Run a worker with ``agents`` (all by default) until it is stopped (SIGINT/SIGTERM).
+
+    Each agent's loop restores its tables from their changelog topics when it is given
+    partitions, so a worker keeps no local state between runs and any worker can take any
+    partition.
     """
-    datadir = Path(app.conf.datadir)
-    shutil.rmtree(datadir, ignore_errors=True)
-    datadir.mkdir(parents=True, exist_ok=True)
+    chosen = select(agents)
+    app.conf.datadir.mkdir(parents=True, exist_ok=True)
+    app.service(runtime_service(chosen, AgentContext(settings, topology)))
     sys.argv = ["agentstream-worker", "worker", "--loglevel", settings.log_level]
     app.main()

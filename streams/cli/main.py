@@ -48,11 +48,18 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 
 @cli.command()
-def worker() -> None:
-    """Start a Faust worker (another worker process joins the same group and takes partitions)."""
-    from streams.worker import run
+def worker(
+    agents: str = typer.Option("", "--agents", help="Comma-separated agents to run here (default: all): command_handler, facts_builder, projector."),
+) -> None:
+    """Start a worker running the runtime agents (another worker process joins their groups and takes partitions)."""
+    from streams.worker import UnknownAgent, run, select
 
-    run()
+    names = agents.split(",") if agents else None
+    try:
+        select(names)
+    except UnknownAgent as exc:
+        fail(str(exc), code=2)
+    run(names)
 
 
 @cli.command()

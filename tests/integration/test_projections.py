@@ -162,7 +162,8 @@ def test_rebuild_without_a_live_projector_builds_the_same_models(worker, applied
 
 def test_a_record_applied_twice_changes_the_models_once(applied):
     """The skip rule against real Redis (database 6, away from the worker's live models)."""
-    from streams.projection_agent import LiveProjector
+    from connectors.redis_store import redis_client
+    from streams.projection_agent import BatchProjector
 
     registry = default_registry()
 
@@ -171,32 +172,30 @@ def test_a_record_applied_twice_changes_the_models_once(applied):
         meta = EventMeta(event_id=f"e{version}", tenant_id="skip-t", stream_id="agent-a1", version=version, occurred_at=utcnow(), command_id="c")
         return value, headers + meta.to_headers()
 
-    async def scenario() -> None:
-        url = applied.redis_url.get_secret_value().rsplit("/", 1)[0] + "/6"
-        r = async_redis_client(applied.model_copy(update={"redis_url": SecretStr(url)}))
-        await r.flushdb()
-        try:
-            live = LiveProjector(r)
-            created = record("AgentCreated", {"agent_id": "a1", "name": "A", "agent_type": "llm", "region": "eu", "config": {}}, 1)
-            started = record("AgentStarted", {"agent_id": "a1"}, 2)
-            assert await live.apply_record(3, 10, *created) == "applied"
-            assert await live.apply_record(3, 10, *created) == "skipped"
-            assert await live.apply_record(3, 11, *started) == "applied"
-            before = await r.get(pj.agent_key(1, "skip-t", "a1"))
-            assert await live.apply_record(3, 11, *started) == "skipped"
-            assert await live.apply_record(3, 9, *created) == "skipped"
-            assert await r.get(pj.agent_key(1, "skip-t", "a1")) == before
-            tenant_view = pj.loads(await r.get(pj.tenant_key(1, "skip-t")))
-            assert (tenant_view["agents_total"], tenant_view["agents_running"]) == (1, 1)
-            # a bad record is logged and passed over: the checkpoint advances, the models do not change
-            assert await live.apply_record(3, 12, b"\xff", created[1]) == "rejected"
-            assert await r.get(pj.checkpoint_key(1, 3)) == "12"
-            assert await r.get(pj.agent_key(1, "skip-t", "a1")) == before
-        finally:
-            await r.flushdb()
-            await r.aclose()
-
-    asyncio.run(scenario())
+    url = applied.redis_url.get_secret_value().rsplit("/", 1)[0] + "/6"
+    r = redis_client(applied.model_copy(update={"redis_url": SecretStr(url)}))
+    r.flushdb()
+    try:
+        live = BatchProjector(r)
+        created = record("AgentCreated", {"agent_id": "a1", "name": "A", "agent_type": "llm", "region": "eu", "config": {}}, 1)
+        started = record("AgentStarted", {"agent_id": "a1"}, 2)
+        assert live.apply(3, [(10, *created)]) == "applied"
+        assert live.apply(3, [(10, *created)]) == "skipped"
+        assert live.apply(3, [(10, *created), (11, *started)]) == "applied"  # a redone batch: only the new record
+        before = r.get(pj.agent_key(1, "skip-t", "a1"))
+        assert live.apply(3, [(11, *started)]) == "skipped"
+        assert live.apply(3, [(9, *created)]) == "skipped"
+        assert r.get(pj.agent_key(1, "skip-t", "a1")) == before
+        tenant_view = pj.loads(r.get(pj.tenant_key(1, "skip-t")))
+        assert (tenant_view["agents_total"], tenant_view["agents_running"]) == (1, 1)
+        # a bad record is logged and passed over: the checkpoint advances, the models do not change
+        assert live.apply(3, [(12, b"\xff", created[1])]) == "applied" and live.rejected == 1
+        assert r.get(pj.checkpoint_key(1, 3)) == "12"
+        assert r.get(pj.agent_key(1, "skip-t", "a1")) == before
+        assert r.smembers(pj.agents_set_key(1, "skip-t")) == {"a1"}
+    finally:
+        r.flushdb()
+        r.close()
 
 
 async def _send(settings, command: str, tenant_id: str, data: dict) -> None:

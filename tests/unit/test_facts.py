@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from streams.facts import agent_key, already_folded, checkpoint_key, fold, task_key
+from streams.facts import FOLDED_EVENTS, agent_key, fold, task_key
 from schemas.messages import EventMeta
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -60,9 +60,8 @@ def test_other_events_change_nothing():
     assert fold("TenantCreated", {"name": "x", "region": "eu", "plan": "free"}, meta(T0), {}) == ({}, None)
 
 
-def test_an_event_at_or_below_the_partition_checkpoint_was_folded_already():
-    context = {checkpoint_key(3): 120}
-    assert already_folded(context, 3, 120) and already_folded(context, 3, 7)
-    assert not already_folded(context, 3, 121)
-    assert not already_folded(context, 4, 0)  # another partition has its own checkpoint
-    assert not already_folded({}, 3, 0)
+def test_only_the_folded_events_change_the_context_or_make_facts():
+    """The facts builder skips decoding every event outside FOLDED_EVENTS: they must be no-ops."""
+    assert FOLDED_EVENTS == {"AgentCreated", "TaskAssigned", "TaskCompleted", "TaskFailed"}
+    for other in ("AgentStarted", "AgentStopped", "AgentConfigured", "TenantConfigured", "AccessGranted"):
+        assert fold(other, {"agent_id": "a"}, meta(T0), {}) == ({}, None)

@@ -1,0 +1,16 @@
+"""The names of the topics the code reads and writes, each named once (declared in ``topology.yaml``).
+
+``topology validate`` checks that every name here is declared there.
+"""
+
+from __future__ import annotations
+
+COMMANDS = "commands.platform"
+EVENTS = "events.platform"
+RESULTS = "results.commands"
+DEADLETTER = "deadletter.commands"
+FACTS = "facts.tasks"
+SNAPSHOTS = {"agent": "snapshots.agent", "task": "snapshots.task", "tenant": "snapshots.tenant"}
+
+#: Every topic named above.
+ALL = (COMMANDS, EVENTS, RESULTS, DEADLETTER, FACTS, *SNAPSHOTS.values())
