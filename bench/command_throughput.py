@@ -1,124 +1,309 @@
-"""Commands per second end to end (send -> result), exactly once, against a bare baseline.
+"""Commands per second of one worker process, exactly once, against a bare loop in the same client.
 
 Runs on its own local stack (ports 59092/56379, a temporary data dir) and stops it after:
 
-    .venv/bin/python bench/command_throughput.py [--commands 20000]
+    .venv/bin/python bench/command_throughput.py [--commands 50000] [--rounds 2] [--tenants 100,10000] [--rate 5000]
 
-1. agentstream: N ConfigureAgent commands over 100 tenants are produced as fast as possible and
-   the clock stops when the last result has been read from the results topic; one worker,
-   ``processing_guarantee="exactly_once"``.
-2. baseline, same run, same broker: a bare aiokafka consume-transform-produce loop with the same
-   transactional settings (read_committed consumer, transactional producer, offsets committed in
-   the transaction) decodes each command's Avro and produces one event and one result per command.
+For each tenant count, on a fresh stack, N commands (one CreateAgent per tenant, then
+ConfigureAgents round-robin over the tenants) are pre-loaded into ``commands.platform``. Then,
+alternating A/B/A/B:
 
-Prints both rates, their ratio and the machine; the numbers go to docs/benchmarks.md.
+A. agentstream: ``agentstream worker --agents command_handler`` (a fresh app id each round, so
+   its consumer group starts at the beginning and its tables are empty) is timed from its first
+   batch to the commit that covers the last command (its ``/runtime`` page reports both); its
+   CPU seconds over the same span come from ``/proc/<pid>/stat``. Every command is then checked
+   to have exactly one answer on ``results.commands``.
+B. baseline: a bare confluent-kafka consume -> transform -> produce loop with the same
+   transactional protocol (read_committed, one transaction per batch with the offsets and the
+   group metadata) that decodes each command's Avro and writes one event and one result.
+
+Then a latency run: with one worker running, commands are offered at ``--rate`` per second for
+a few seconds and the time from send to the answer being read is measured (p50, p99).
+
+The last line printed is one JSON object with every figure (docs/benchmarks.md names them).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
 import platform
+import statistics
+import sys
+import threading
 import time
+import urllib.request
+import uuid
+from pathlib import Path
 
-TENANTS = 100
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-async def _agentstream(settings, commands: int) -> float:
-    from streams.client import CommandClient
-
-    async with CommandClient(settings) as client:
-        # Warm-up: every tenant gets its agent (also waits for the worker to join).
-        await client.send("CreateAgent", "bench-0", {"agent_id": "bot", "name": "Bot", "agent_type": "llm"}, timeout=120)
-        await asyncio.gather(*(client.send("CreateAgent", f"bench-{t}", {"agent_id": "bot", "name": "Bot", "agent_type": "llm"}) for t in range(1, TENANTS)))
-        started = time.perf_counter()
-        pending = [
-            client.send("ConfigureAgent", f"bench-{i % TENANTS}", {"agent_id": "bot", "config": {"step": str(i)}}, timeout=600)
-            for i in range(commands)
-        ]
-        outcomes = await asyncio.gather(*pending)
-        elapsed = time.perf_counter() - started
-    accepted = sum(1 for o in outcomes if getattr(o, "status", "") == "accepted")
-    assert accepted == commands, f"only {accepted} of {commands} accepted"
-    return commands / elapsed
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-async def _baseline(settings, commands: int) -> float:
-    """A bare transactional consume-transform-produce loop over the same kind of records."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-    from confluent_kafka.admin import NewTopic
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
-    from connectors.kafka_admin import admin_client
-    from connectors.kafka_config import aiokafka_config
+
+def _preload(settings, tenants: int, commands: int) -> None:
+    from confluent_kafka import Producer
+
+    from connectors.kafka_config import confluent_config
     from schemas import default_registry
     from schemas.messages import CommandMeta
 
-    admin = admin_client(settings)
-    for future in admin.create_topics([NewTopic("bench.in", 6, 1), NewTopic("bench.out", 6, 1), NewTopic("bench.results", 6, 1)]).values():
-        future.result(30)
     registry = default_registry()
-    conf = aiokafka_config(settings)
-    producer = AIOKafkaProducer(**conf, acks="all", enable_idempotence=True, linger_ms=5)
-    await producer.start()
+    producer = Producer({**confluent_config(settings), "partitioner": "murmur2_random", "linger.ms": 20, "enable.idempotence": True})
+    create = registry.encode("CreateAgent", {"agent_id": "bot", "name": "Bot", "agent_type": "llm"})
     for i in range(commands):
-        value, headers = registry.encode("ConfigureAgent", {"agent_id": "bot", "config": {"step": str(i)}})
-        tenant = f"bench-{i % TENANTS}"
-        await producer.send("bench.in", key=tenant.encode(), value=value, headers=headers + CommandMeta(command_id=str(i), tenant_id=tenant).to_headers())
-    await producer.flush()
-    await producer.stop()
+        t = f"bench-{i % tenants}"
+        if i < tenants:
+            value, headers = create
+        else:
+            value, headers = registry.encode("ConfigureAgent", {"agent_id": "bot", "config": {"step": str(i)}})
+        while True:
+            try:
+                producer.produce("commands.platform", value, t.encode(), headers=headers + CommandMeta(command_id=f"c{i}", tenant_id=t).to_headers())
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+    assert producer.flush(120) == 0
 
-    consumer = AIOKafkaConsumer(
-        "bench.in", **conf, group_id="bench-baseline", isolation_level="read_committed", enable_auto_commit=False, auto_offset_reset="earliest"
-    )
-    txn = AIOKafkaProducer(**conf, transactional_id="bench-baseline-txn", linger_ms=5)
-    await consumer.start()
-    await txn.start()
+
+def _runtime(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/runtime", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _agentstream_round(settings, commands: int, web_port: int) -> dict:
+    """One worker process running only the command handler, timed by its own stats."""
+    from streams.supervisor import WorkerProcess
+
+    app_id = f"bench-{uuid.uuid4().hex[:6]}"
+    env = {"AGENTSTREAM_APP_ID": app_id, "AGENTSTREAM_WEB_PORT": str(web_port), "AGENTSTREAM_LOG_LEVEL": "warn"}
+    worker = WorkerProcess(settings.data_dir / f"{app_id}.log", env=env, args=["worker", "--agents", "command_handler"], restart=False).start()
+    try:
+        cpu_start = first = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                agents = _runtime(web_port)["agents"]
+            except OSError:
+                time.sleep(0.2)
+                continue
+            stats = agents[0] if agents else {}
+            if first is None and stats.get("first_batch_at"):
+                first, cpu_start = stats["first_batch_at"], _cpu_seconds(worker.pid)
+            if stats.get("records", 0) >= commands:
+                cpu = _cpu_seconds(worker.pid) - (cpu_start or 0)
+                elapsed = stats["last_commit_at"] - first
+                return {"rate": commands / elapsed, "seconds": elapsed, "cpu_us_per_command": cpu / commands * 1e6, "batches": stats["batches"], "app_id": app_id}
+            time.sleep(0.05)
+        raise RuntimeError(f"the worker did not finish: {worker.log_tail()}")
+    finally:
+        worker.stop()
+
+
+def _baseline_round(settings, commands: int) -> dict:
+    """A bare confluent-kafka transactional loop: decode, one event and one result per command."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from connectors.kafka_config import confluent_config
+    from schemas import default_registry
+
+    registry = default_registry()
+    base = confluent_config(settings)
+    group = f"bench-baseline-{uuid.uuid4().hex[:6]}"
+    consumer = Consumer({**base, "group.id": group, "enable.auto.commit": False, "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
+    producer = Producer({**base, "transactional.id": group, "linger.ms": 2, "partitioner": "murmur2_random"})
+    producer.init_transactions(30)
+    consumer.subscribe(["commands.platform"])
     done = 0
-    started = time.perf_counter()
+    first = None
+    cpu_start = time.process_time()
     try:
         while done < commands:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=2000)
-            if not batch:
+            messages = consumer.consume(1, timeout=0.2)
+            if not messages:
                 continue
-            async with txn.transaction():
-                offsets = {}
-                for tp, records in batch.items():
-                    for record in records:
-                        name, payload = registry.decode(record.value, record.headers)
-                        event, event_headers = registry.encode("AgentConfigured", payload.model_dump())
-                        await txn.send("bench.out", key=record.key, value=event, headers=event_headers)
-                        await txn.send("bench.results", key=record.key, value=b'{"status":"accepted"}')
-                        done += 1
-                    offsets[tp] = records[-1].offset + 1
-                await txn.send_offsets_to_transaction({TopicPartition(tp.topic, tp.partition): o for tp, o in offsets.items()}, "bench-baseline")
+            messages += consumer.consume(4999, timeout=0)
+            if first is None:
+                first, cpu_start = time.perf_counter(), time.process_time()
+            producer.begin_transaction()
+            offsets: dict[tuple[str, int], int] = {}
+            for m in messages:
+                if m.error():
+                    continue
+                name, payload = registry.decode(m.value(), m.headers())
+                event, event_headers = registry.encode("AgentConfigured" if name == "ConfigureAgent" else "AgentCreated", payload.model_dump() if name == "ConfigureAgent" else {**payload.model_dump(), "region": "eu"})
+                producer.produce("bench.events", event, m.key(), partition=m.partition(), headers=event_headers)
+                producer.produce("bench.results", b'{"status":"accepted"}', m.key())
+                offsets[(m.topic(), m.partition())] = m.offset() + 1
+                done += 1
+            producer.send_offsets_to_transaction([TopicPartition(t, p, o) for (t, p), o in offsets.items()], consumer.consumer_group_metadata(), 30)
+            producer.commit_transaction(30)
+        elapsed = time.perf_counter() - first
+        return {"rate": commands / elapsed, "seconds": elapsed, "cpu_us_per_command": (time.process_time() - cpu_start) / commands * 1e6}
     finally:
-        await consumer.stop()
-        await txn.stop()
-    return commands / (time.perf_counter() - started)
+        consumer.close()
+
+
+def _answers(settings, app_rounds: int, commands: int) -> dict[str, int]:
+    """How many answers each command id has on results.commands (all rounds write there)."""
+    from collections import Counter
+
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    from connectors.kafka_config import confluent_config
+
+    consumer = Consumer({**confluent_config(settings), "group.id": "bench-audit", "isolation.level": "read_committed", "enable.partition.eof": True, "enable.auto.commit": False})
+    parts = consumer.list_topics("results.commands", timeout=10).topics["results.commands"].partitions
+    consumer.assign([TopicPartition("results.commands", p, OFFSET_BEGINNING) for p in parts])
+    counts: Counter = Counter()
+    waiting = set(parts)
+    while waiting:
+        for m in consumer.consume(10000, timeout=1):
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    waiting.discard(m.partition())
+                continue
+            counts[m.key().decode()] += 1
+    consumer.close()
+    return {"ids": len(counts), "all_answered_once_per_round": all(n == app_rounds for n in counts.values()) and len(counts) == commands}
+
+
+def _latency(settings, rate: float, seconds: float, web_port: int) -> dict:
+    """Send -> answer at a fixed offered rate, with one worker (command handler) running."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    from connectors.kafka_config import confluent_config
+    from schemas import default_registry
+    from schemas.messages import CommandMeta
+    from streams.supervisor import WorkerProcess
+
+    app_id = f"bench-lat-{uuid.uuid4().hex[:6]}"
+    env = {"AGENTSTREAM_APP_ID": app_id, "AGENTSTREAM_WEB_PORT": str(web_port), "AGENTSTREAM_LOG_LEVEL": "warn"}
+    registry = default_registry()
+    base = confluent_config(settings)
+    # Skip what earlier rounds left in the topic: the new group starts at the end.
+    worker = WorkerProcess(settings.data_dir / f"{app_id}.log", env={**env}, args=["worker", "--agents", "command_handler"], restart=False)
+    consumer = Consumer({**base, "group.id": f"{app_id}-reader", "isolation.level": "read_committed", "auto.offset.reset": "latest", "enable.auto.commit": False})
+    parts = consumer.list_topics("results.commands", timeout=10).topics["results.commands"].partitions
+    ends = [TopicPartition("results.commands", p, consumer.get_watermark_offsets(TopicPartition("results.commands", p), timeout=10)[1]) for p in parts]
+    consumer.assign(ends)
+    _set_group_to_end(settings, f"{app_id}-command_handler")
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if _runtime(web_port)["agents"][0]["partitions"]:
+                    break
+            except (OSError, IndexError, KeyError):
+                pass
+            time.sleep(0.2)
+        time.sleep(1)
+        sent: dict[str, float] = {}
+        latencies: list[float] = []
+        stop = threading.Event()
+
+        def read() -> None:
+            while not stop.is_set() or len(latencies) < len(sent):
+                for m in consumer.consume(1000, timeout=0.1):
+                    if m.error() or m.key() is None:
+                        continue
+                    at = sent.get(m.key().decode())
+                    if at is not None:
+                        latencies.append(time.perf_counter() - at)
+                if stop.is_set() and time.perf_counter() - stopped_at > 30:
+                    return
+
+        stopped_at = float("inf")
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        producer = Producer({**base, "partitioner": "murmur2_random", "linger.ms": 0})
+        value, headers = registry.encode("ConfigureAgent", {"agent_id": "bot", "config": {"step": "x"}})
+        total = int(rate * seconds)
+        started = time.perf_counter()
+        for i in range(total):
+            t = f"bench-{i % 100}"
+            cid = f"lat-{i}-{uuid.uuid4().hex[:6]}"
+            sent[cid] = time.perf_counter()
+            producer.produce("commands.platform", value, t.encode(), headers=headers + CommandMeta(command_id=cid, tenant_id=t).to_headers())
+            producer.poll(0)
+            ahead = started + (i + 1) / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+        producer.flush(30)
+        stopped_at = time.perf_counter()
+        stop.set()
+        reader.join(60)
+        latencies.sort()
+        q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731
+        return {"offered_per_s": rate, "answered": len(latencies), "sent": total, "p50_ms": round(q(0.50), 1), "p99_ms": round(q(0.99), 1)}
+    finally:
+        worker.stop()
+        consumer.close()
+
+
+def _set_group_to_end(settings, group: str) -> None:
+    """Commit the end offsets of commands.platform for ``group``, so a new worker skips the backlog."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from connectors.kafka_config import confluent_config
+
+    c = Consumer({**confluent_config(settings), "group.id": group, "enable.auto.commit": False})
+    parts = c.list_topics("commands.platform", timeout=10).topics["commands.platform"].partitions
+    c.commit(offsets=[TopicPartition("commands.platform", p, c.get_watermark_offsets(TopicPartition("commands.platform", p), timeout=10)[1]) for p in parts], asynchronous=False)
+    c.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--commands", type=int, default=20_000)
+    parser.add_argument("--commands", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=2, help="A/B pairs per tenant count")
+    parser.add_argument("--tenants", default="100,10000")
+    parser.add_argument("--rate", type=float, default=5000.0, help="offered rate of the latency run (0: no latency run)")
     args = parser.parse_args()
 
     from own_stack import own_stack
 
-    from streams.supervisor import WorkerProcess
+    from connectors.kafka_admin import admin_client
 
-    with own_stack("agentstream-bench-", 59092, 56379, AGENTSTREAM_WEB_PORT="6766") as settings:
-        worker = WorkerProcess(settings.data_dir / "worker.log").start()
-        try:
-            ours = asyncio.run(_agentstream(settings, args.commands))
-        finally:
-            worker.stop()
-        base = asyncio.run(_baseline(settings, args.commands))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, {platform.platform()}")
-    print(f"commands: {args.commands} over {TENANTS} tenants, one worker, exactly once")
-    print(f"agentstream end to end (send -> result): {ours:,.0f} commands/s")
-    print(f"baseline aiokafka transactional loop:    {base:,.0f} commands/s")
-    print(f"ratio agentstream / baseline: {ours / base:.2f}")
+    figures: dict = {"benchmark": "command_throughput", "commands": args.commands, "cases": {}}
+    for tenants in [int(t) for t in args.tenants.split(",")]:
+        with own_stack("agentstream-bench-", 59092, 56379, AGENTSTREAM_WEB_PORT="6766") as settings:
+            from confluent_kafka.admin import NewTopic
+
+            admin = admin_client(settings)
+            for future in admin.create_topics([NewTopic("bench.events", 6, 1), NewTopic("bench.results", 6, 1)]).values():
+                future.result(30)
+            _preload(settings, tenants, args.commands)
+            ours, base = [], []
+            for n in range(args.rounds):
+                ours.append(_agentstream_round(settings, args.commands, 6770 + n))
+                base.append(_baseline_round(settings, args.commands))
+                print(f"{tenants} tenants, round {n + 1}: agentstream {ours[-1]['rate']:,.0f}/s ({ours[-1]['cpu_us_per_command']:.0f} us CPU/command), baseline {base[-1]['rate']:,.0f}/s ({base[-1]['cpu_us_per_command']:.0f} us)", flush=True)
+            answers = _answers(settings, args.rounds, args.commands)
+            case = {
+                "agentstream_per_s": round(statistics.median(r["rate"] for r in ours)),
+                "agentstream_cpu_us_per_command": round(statistics.median(r["cpu_us_per_command"] for r in ours), 1),
+                "baseline_per_s": round(statistics.median(r["rate"] for r in base)),
+                "baseline_cpu_us_per_command": round(statistics.median(r["cpu_us_per_command"] for r in base), 1),
+                "rounds": [{"agentstream_per_s": round(a["rate"]), "baseline_per_s": round(b["rate"])} for a, b in zip(ours, base)],
+                **answers,
+            }
+            case["ratio"] = round(case["agentstream_per_s"] / case["baseline_per_s"], 2)
+            if args.rate and tenants == int(args.tenants.split(",")[0]):
+                figures["latency"] = _latency(settings, args.rate, 10.0, 6790)
+                print(f"latency at {args.rate:,.0f}/s offered: {figures['latency']}", flush=True)
+            figures["cases"][str(tenants)] = case
+            print(f"{tenants} tenants: {case}", flush=True)
+    figures["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, {platform.platform()}"
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -230,16 +230,19 @@ class CodeView:
     agents: dict[str, tuple[list[str], list[str]]]  # name -> (input topics, tables it updates)
     tables: dict[str, int]  # name -> partitions
     schemas: set[str]
+    topics: frozenset[str] = frozenset()  # every topic name the code reads or writes
 
 
 def validate(topology: Topology, code: CodeView) -> list[Problem]:
     """Every way the declaration and the code disagree; empty when they agree.
 
-    Checks: each topic's schemas exist; each declared agent exists in the code with the same
+    Checks: every topic the code names is declared; each topic's schemas exist; each declared agent exists in the code with the same
     inputs and each code agent is declared; each declared table exists and has as many
     partitions as the stream that updates it (co-partitioning).
     """
     problems: list[Problem] = []
+    declared_topics = {t.name for t in topology.topics}
+    problems += [Problem(f"topic {name}", "the code uses it but the topology does not declare it") for name in sorted(code.topics - declared_topics)]
     for topic in topology.topics:
         problems += [Problem(f"topic {topic.name}", f"schema '{s}' does not exist in schemas/") for s in topic.schemas if s not in code.schemas]
     declared = {a.name for a in topology.agents}

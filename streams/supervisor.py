@@ -1,10 +1,10 @@
 """Worker (and sink) processes run as children, restarted when they exit: start, stop, kill.
 
-faust-streaming 0.15 can crash a worker process during a rebalance under exactly-once
-(``IllegalOperation: Can't send messages while not in transaction`` from its producer buffer).
-Transactions keep that safe: what the dead process had not committed is aborted and re-done by
-the next owner. What it needs is a supervisor that starts the process again, as systemd,
-Kubernetes or compose's ``restart:`` do in production and this class does for the demo and tests.
+A worker does not exit on its own (a failed runtime loop starts again inside the process), but
+a machine or a process can always die: transactions keep that safe (what the dead process had
+not committed is aborted and redone by the next owner), and a supervisor starts the process
+again, as systemd, Kubernetes or compose's ``restart:`` do in production and this class does
+for the demo and the tests.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 
 from faust.web import Request, Response, View
 
-from schemas import default_registry
+from schemas import default_registry, topics
 from schemas.topology import CodeView
 from streams import facts_agent, handlers, projection_agent
 from streams import web_views  # noqa: F401  (registers /cubes/{name} on the web server)
@@ -39,6 +39,7 @@ def code_view() -> CodeView:
         agents={agent.name: (list(agent.inputs), list(agent.tables)) for agent in AGENTS.values()},
         tables=partitions,
         schemas=set(default_registry().names()),
+        topics=frozenset(topics.ALL),
     )
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -50,8 +50,12 @@ class LoopStats:
     aborted: int = 0
     restored_rows: int = 0
     partitions: list[int] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
-    last_commit: float | None = None
+    first_batch_at: float | None = None  # time.monotonic() of this process
+    last_commit_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as JSON-ready values."""
+        return asdict(self)
 
 
 class ExactlyOnceLoop:
@@ -155,6 +159,8 @@ class ExactlyOnceLoop:
                 by_partition.setdefault(tp, []).append(message)
         if not by_partition:
             return
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = time.monotonic()
         assert self._processor is not None
         out = Outputs()
         touched: list[dict[str, PartitionTable]] = []
@@ -173,7 +179,7 @@ class ExactlyOnceLoop:
                 table.commit()
         self.stats.batches += 1
         self.stats.records += sum(map(len, by_partition.values()))
-        self.stats.last_commit = time.monotonic()
+        self.stats.last_commit_at = time.monotonic()
 
     def _commit(
         self,

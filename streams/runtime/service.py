@@ -112,18 +112,8 @@ class RuntimeService(Service):
             await asyncio.to_thread(thread.join, 30)
 
     def status(self) -> list[dict[str, Any]]:
-        """Per agent: partitions owned, batches and records committed, aborts, restored rows."""
-        return [
-            {
-                "agent": loop.agent.name,
-                "partitions": loop.stats.partitions,
-                "batches": loop.stats.batches,
-                "records": loop.stats.records,
-                "aborted": loop.stats.aborted,
-                "restored_rows": loop.stats.restored_rows,
-            }
-            for loop in self.loops
-        ]
+        """Per agent: partitions owned, batches and records committed, aborts, rows restored, first and last batch times."""
+        return [{"agent": loop.agent.name, **loop.stats.as_dict()} for loop in self.loops]
 
 
 def runtime_service(agents: Sequence[RuntimeAgent], context: AgentContext) -> type[RuntimeService]:

@@ -39,6 +39,11 @@ def test_problems_name_what_is_wrong():
     assert "table stray: exists in the code but is not declared" in text
 
 
+def test_every_topic_the_code_names_is_declared():
+    problems = validate(load_topology(REAL), code(topics=frozenset({"events.platform", "facts.taks"})))
+    assert [str(p) for p in problems] == ["topic facts.taks: the code uses it but the topology does not declare it"]
+
+
 def test_tables_must_be_copartitioned_with_their_source():
     problems = validate(load_topology(REAL), code(tables={**code().tables, "aggregates": 3}))
     assert [p.where for p in problems] == ["table aggregates"]
