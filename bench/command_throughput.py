@@ -33,19 +33,10 @@ import statistics
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
 
 def _preload(settings, tenants: int, commands: int) -> None:
     from confluent_kafka import Producer
@@ -73,38 +64,12 @@ def _preload(settings, tenants: int, commands: int) -> None:
     assert producer.flush(120) == 0
 
 
-def _runtime(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/runtime", timeout=5) as response:
-        return json.loads(response.read())
-
-
 def _agentstream_round(settings, commands: int, web_port: int) -> dict:
     """One worker process running only the command handler, timed by its own stats."""
-    from streams.supervisor import WorkerProcess
+    from worker_rounds import time_worker
 
-    app_id = f"bench-{uuid.uuid4().hex[:6]}"
-    env = {"AGENTSTREAM_APP_ID": app_id, "AGENTSTREAM_WEB_PORT": str(web_port), "AGENTSTREAM_LOG_LEVEL": "warn"}
-    worker = WorkerProcess(settings.data_dir / f"{app_id}.log", env=env, args=["worker", "--agents", "command_handler"], restart=False).start()
-    try:
-        cpu_start = first = None
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                agents = _runtime(web_port)["agents"]
-            except OSError:
-                time.sleep(0.2)
-                continue
-            stats = agents[0] if agents else {}
-            if first is None and stats.get("first_batch_at"):
-                first, cpu_start = stats["first_batch_at"], _cpu_seconds(worker.pid)
-            if stats.get("records", 0) >= commands:
-                cpu = _cpu_seconds(worker.pid) - (cpu_start or 0)
-                elapsed = stats["last_commit_at"] - first
-                return {"rate": commands / elapsed, "seconds": elapsed, "cpu_us_per_command": cpu / commands * 1e6, "batches": stats["batches"], "app_id": app_id}
-            time.sleep(0.05)
-        raise RuntimeError(f"the worker did not finish: {worker.log_tail()}")
-    finally:
-        worker.stop()
+    round_ = time_worker(settings, "command_handler", commands, web_port)
+    return {**round_, "cpu_us_per_command": round_["cpu_us"]}
 
 
 def _baseline_round(settings, commands: int) -> dict:
@@ -183,6 +148,7 @@ def _latency(settings, rate: float, seconds: float, web_port: int) -> dict:
     from schemas import default_registry
     from schemas.messages import CommandMeta
     from streams.supervisor import WorkerProcess
+    from worker_rounds import runtime_status
 
     app_id = f"bench-lat-{uuid.uuid4().hex[:6]}"
     env = {"AGENTSTREAM_APP_ID": app_id, "AGENTSTREAM_WEB_PORT": str(web_port), "AGENTSTREAM_LOG_LEVEL": "warn"}
@@ -200,7 +166,7 @@ def _latency(settings, rate: float, seconds: float, web_port: int) -> dict:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if _runtime(web_port)["agents"][0]["partitions"]:
+                if runtime_status(web_port)["agents"][0]["partitions"]:
                     break
             except (OSError, IndexError, KeyError):
                 pass

@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 REPARTITION = "agentstream-command_handler-repartition"
 
 
-def _headers_size(headers: list[tuple[str, bytes]]) -> int:
-    return sum(len(k) + len(v or b"") for k, v in headers)
-
-
 class CommandHandler(ProcessorBase):
     """Decides the commands of a partition batch and sends what they cause."""
 
@@ -43,7 +39,7 @@ class CommandHandler(ProcessorBase):
         settings = context.settings
         self.processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes)
         self.owner = KeyPartitioner(context.topology.topic(COMMANDS).partitions)
-        self.max_record = settings.kafka_max_record_bytes - 4096  # room for the envelope headers
+        self.max_record = settings.kafka_max_record_bytes - 16 * 1024  # room for the key and the envelope headers
 
     def process(self, batch: Batch, out: Outputs) -> None:
         """Decide each command in offset order against the batch's view of the aggregates."""
@@ -68,7 +64,7 @@ class CommandHandler(ProcessorBase):
         result = outcome.result
         result_json = result.model_dump_json().encode() if result is not None else None
         snapshot_json = outcome.snapshot.model_dump_json().encode() if outcome.snapshot is not None else None
-        too_big = max([len(e.value) + _headers_size(e.headers) for e in outcome.events] + [len(result_json or b""), len(snapshot_json or b"")])
+        too_big = max([len(e.value) for e in outcome.events] + [len(result_json or b""), len(snapshot_json or b"")])
         if too_big > self.max_record and result is not None:
             # The broker would refuse it: reject the command instead, keep it as a dead letter, change nothing.
             message = f"handling the command would write a record of {too_big} bytes, over the limit of {self.max_record}"

@@ -109,6 +109,58 @@ async def _run(settings: Settings, tenants: list[str], agents: int, ready_timeou
     return tally
 
 
+def _worker_records(settings: Settings) -> int:
+    """Commands the worker's command handler has committed so far (its ``/runtime`` page)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/runtime", timeout=5) as response:
+        agents = json.loads(response.read())["agents"]
+    return sum(a["records"] for a in agents if a["agent"] == "command_handler")
+
+
+def _burst(settings: Settings, tenants: list[str], agents: int, commands: int, timeout: float = 120.0) -> None:
+    """Send ``commands`` ConfigureAgents as fast as a client can and show the rate the worker reached."""
+    import time
+
+    from confluent_kafka import Producer
+
+    from connectors.kafka_config import confluent_config
+    from schemas import default_registry
+    from schemas.messages import CommandMeta, new_id
+
+    registry = default_registry()
+    producer = Producer({**confluent_config(settings), "partitioner": "murmur2_random", "linger.ms": 10})
+    before = _worker_records(settings)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
+        sending = progress.add_task("burst: sending", total=commands)
+        deciding = progress.add_task("burst: decided (exactly once)", total=commands)
+        started = time.monotonic()
+        for i in range(commands):
+            tenant = tenants[i % len(tenants)]
+            value, headers = registry.encode("ConfigureAgent", {"agent_id": f"{tenant}-agent-{i % agents:03d}", "config": {"burst": str(i)}})
+            while True:
+                try:
+                    producer.produce("commands.platform", value, tenant.encode(), headers=headers + CommandMeta(command_id=new_id(), tenant_id=tenant).to_headers())
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+            if i % 500 == 0:
+                progress.update(sending, completed=i)
+                progress.update(deciding, completed=_worker_records(settings) - before)
+        producer.flush(30)
+        progress.update(sending, completed=commands)
+        deadline = time.monotonic() + timeout
+        done = 0
+        while done < commands and time.monotonic() < deadline:
+            done = _worker_records(settings) - before
+            progress.update(deciding, completed=done)
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+    console.print(f"burst: {done:,} commands sent and decided in {elapsed:.1f}s: [bold]{done / elapsed:,.0f} commands/s[/] end to end (one worker, exactly once, on this machine)")
+
+
 def _report(tally: Tally, tenants: list[str]) -> None:
     table = Table("tenant", "accepted", "rejected (code: count)", title="command outcomes")
     for tenant in tenants:
@@ -183,6 +235,7 @@ def demo(
     agents: int = typer.Option(20, min=1, help="Agents per tenant."),
     keep: bool = typer.Option(False, "--keep", help="Leave the stack running afterwards."),
     ready_timeout: float = typer.Option(120.0, help="Seconds to wait for the worker to answer the first command."),
+    burst: int = typer.Option(20_000, min=0, help="ConfigureAgent commands sent as fast as possible at the end, to show the rate (0: none)."),
 ) -> None:
     """Run the whole pipeline locally: stack up, topology apply, a worker, a burst of commands, a summary."""
     from connectors.kafka_admin import AdminError, apply
@@ -222,6 +275,9 @@ def demo(
         _report(tally, names)
         console.rule("[bold]6. read models and cubes")
         _read_side(settings, names, tally)
+        if burst:
+            console.rule("[bold]7. throughput")
+            _burst(settings, names, agents, burst)
     finally:
         for process, name in ((worker, "worker"), (sink, "sink")):
             if process is not None:

@@ -191,13 +191,16 @@ class ExactlyOnceLoop:
     ) -> None:
         produce = producer.produce
         limit = self.max_record_bytes
+        near = limit - 64 * 1024  # below this, our own keys and headers cannot take a record over the limit
+        deadletter = self.agent.deadletter  # carries the input's own headers, whatever their size
         # 1. What the batch caused.
         for topic, key, value, headers, partition in out.records:
-            size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())
-            if size > limit:  # the broker would refuse it and the batch would be redone forever
-                topic, key, value, headers, partition = self._oversize(topic, key, size)
-                if topic is None:
-                    continue
+            if len(value or b"") > near or topic == deadletter:
+                size = len(value or b"") + len(key or b"") + sum(len(k) + len(v or b"") for k, v in headers or ())
+                if size > limit:  # the broker would refuse it and the batch would be redone forever
+                    topic, key, value, headers, partition = self._oversize(topic, key, size)
+                    if topic is None:
+                        continue
             self._produce(produce, producer, topic, key, value, headers, -1 if partition is None else partition)
         # 2. One changelog record per changed row.
         for tables in touched:
