@@ -32,7 +32,8 @@ reservations (a late completion may still be billed); ``TaskReassigned`` takes t
 was freed (``ReassignTask`` is checked for a slot then). Spend belongs to the UTC month of the
 event; reservations carry over a month change.
 
-``SetTenantQuota`` is never refused by a quota: it is how an operator lifts a limit that blocks.
+``SetTenantQuota`` is never refused by a quota: it is how an operator lifts a limit that blocks;
+nor are the platform's onboarding steps (``EXEMPT``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ from streams.domain.core import Command, Event
 
 #: The quotas a command can exceed (names of QuotaLimits fields).
 QUOTAS = ("max_agents", "max_concurrent_tasks", "api_rate_per_hour", "storage_limit_bytes", "monthly_budget_micros")
-#: Commands no quota refuses (an operator must be able to lift a limit that blocks everything).
-EXEMPT = frozenset({"SetTenantQuota"})
+#: Commands no quota refuses and the rate does not count: an operator must be able to lift a limit
+#: that blocks everything, and the platform's own onboarding steps are no usage of the tenant (an
+#: onboarding that failed sets every limit to 0 before it records the failure).
+EXEMPT = frozenset({"SetTenantQuota", "RecordTenantPreparation", "CompleteTenantOnboarding", "FailTenantOnboarding"})
 #: Width of one rate bucket and how many buckets a decision counts (61: see the module docstring).
 BUCKET_MS = 60_000
 WINDOW_BUCKETS = 61

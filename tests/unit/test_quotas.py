@@ -2,30 +2,25 @@
 
 The histories run the real deciders (streams/domain) and the real Avro encoding for the byte
 counts, with the quota row checked and updated exactly as the command processor is to do it
-(``with_defaults`` before deciding, ``admit`` after encoding, the row through JSON every time).
+(``tests/unit/platform_sim.py``: ``with_defaults`` before deciding, ``admit`` after encoding, the
+row through JSON every time).
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas import default_registry
-from schemas.topology import QuotaLimits, load_topology
-from streams.domain import Command, Event, Rejection, aggregate_for
+from schemas.topology import QuotaLimits
+from streams.domain import Command, Event, Rejection
 from streams.domain import quotas
 from streams.domain.quotas import HOUR_MS, QUOTAS, QuotaExceeded, QuotaState, micros, month_of, to_ms
+from tests.unit.platform_sim import PLANS, REG, Platform
 
-REG = default_registry()
-ROOT = Path(__file__).resolve().parents[2]
-PLANS = load_topology(ROOT / "topology.yaml").quotas
-assert PLANS is not None
 T0 = datetime(2026, 1, 31, 22, 0, tzinfo=UTC)  # two hours before a month ends
 
 
@@ -37,48 +32,6 @@ def limits(**overrides: int) -> QuotaLimits:
 
 def cmd(kind: str, at: datetime = T0, **data: Any) -> Command:
     return Command(kind, data, "acme", at=at)
-
-
-# ====================================================================== a processor-shaped driver
-class Platform:
-    """Tenants' aggregate rows and quota rows in dicts (JSON, like the table), decided like the processor is to."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
-        self.quota: dict[str, dict[str, Any]] = {}
-        #: Accepted commands: (tenant, command type, at, events, bytes).
-        self.accepted: list[tuple[str, str, datetime, list[Event], int]] = []
-
-    def row(self, tenant: str) -> QuotaState:
-        return quotas.load(self.quota.get(tenant))
-
-    def handle(self, kind: str, data: dict[str, Any], tenant: str, at: datetime) -> list[Event] | Rejection | QuotaExceeded:
-        command = Command(kind, REG.validate(kind, data).model_dump(), tenant, at=at)
-        row = self.row(tenant)
-        lim = quotas.limits_of(row, PLANS)
-        command = quotas.with_defaults(command, lim)
-        aggregate = aggregate_for(kind)
-        assert aggregate is not None
-        key = (tenant, aggregate.stream_id(command))
-        stored = self.rows.get(key)
-        state = aggregate.initial() if stored is None else aggregate.load(stored["state"])
-        related = {}
-        for name, (other, stream) in aggregate.related(command, state).items():
-            found = self.rows.get((tenant, stream))
-            related[name] = other.initial() if found is None else other.load(found["state"])
-        decision = aggregate.decide(command, state, related)
-        if isinstance(decision, Rejection):
-            return decision
-        size = sum(len(REG.encode(e.type, e.data)[0]) for e in decision)
-        verdict = quotas.admit(command, decision, row, lim, at, size)
-        if isinstance(verdict, QuotaExceeded):
-            return verdict
-        for event in decision:
-            state = aggregate.evolve(state, event)
-        self.rows[key] = {"state": json.loads(json.dumps(aggregate.dump(state)))}
-        self.quota[tenant] = json.loads(json.dumps(quotas.dump(verdict)))
-        self.accepted.append((tenant, kind, at, decision, size))
-        return decision
 
 
 # ====================================================================== rules by example
@@ -284,7 +237,7 @@ def implied(platform: Platform, tenant: str) -> dict[str, Any]:
             continue
         clock = max(clock, to_ms(at))
         stored += size
-        if kind != "SetTenantQuota":
+        if kind not in quotas.EXEMPT:
             times.append(clock)
         for event in events:
             d = event.data
