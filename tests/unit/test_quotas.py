@@ -313,3 +313,14 @@ def test_the_rate_rule_alone(limit, gaps) -> None:
             admitted.append(now)
         assert all(sum(1 for u in admitted if t - HOUR_MS < u <= t) <= limit for t in admitted)
         assert len(row.rate) <= 61
+
+
+def test_a_quota_rejection_carries_quota_limit_and_usage_as_fields() -> None:
+    from schemas.messages import CommandRejected, compact_result, expand_result, parse_result
+
+    refused = QuotaExceeded("max_agents", 3, 3)
+    result = CommandRejected(command_id="c1", tenant_id="acme", code="QuotaExceeded", message=refused.message, quota=refused.quota, limit=refused.limit, usage=refused.usage)
+    assert parse_result(result.model_dump_json().encode()) == result
+    assert expand_result(compact_result(result), "c1", "acme", "agent-a4") == result  # a retry is answered with the same fields
+    plain = CommandRejected(command_id="c2", tenant_id="acme", code="NotFound", message="no")
+    assert compact_result(plain) == ["r", "NotFound", "no", None] and expand_result(compact_result(plain), "c2", "acme", "s") == plain
