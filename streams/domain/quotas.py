@@ -48,6 +48,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.topology import QuotaLimits, QuotaPlans
 from streams.domain.core import Command, Event
 
+#: The stream id of a tenant's quota row in the aggregates table (``<tenant>/quota``): no aggregate
+#: owns it, so no command or AppendEvents can address it.
+QUOTA_ROW = "quota"
 #: The quotas a command can exceed (names of QuotaLimits fields).
 QUOTAS = ("max_agents", "max_concurrent_tasks", "api_rate_per_hour", "storage_limit_bytes", "monthly_budget_micros")
 #: Commands no quota refuses and the rate does not count: an operator must be able to lift a limit

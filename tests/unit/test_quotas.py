@@ -324,3 +324,9 @@ def test_a_quota_rejection_carries_quota_limit_and_usage_as_fields() -> None:
     assert expand_result(compact_result(result), "c1", "acme", "agent-a4") == result  # a retry is answered with the same fields
     plain = CommandRejected(command_id="c2", tenant_id="acme", code="NotFound", message="no")
     assert compact_result(plain) == ["r", "NotFound", "no", None] and expand_result(compact_result(plain), "c2", "acme", "s") == plain
+
+
+def test_the_quota_row_is_no_aggregate_stream() -> None:
+    from streams.domain import aggregate_for_stream
+
+    assert aggregate_for_stream(quotas.QUOTA_ROW) is None
