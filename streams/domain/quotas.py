@@ -39,6 +39,7 @@ nor are the platform's onboarding steps (``EXEMPT``).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Iterable, Mapping
@@ -74,7 +75,8 @@ def to_ms(at: datetime) -> int:
 
 def month_of(at_ms: int) -> str:
     """The UTC month ``YYYY-MM`` of an epoch-millisecond time."""
-    return (_EPOCH + timedelta(milliseconds=at_ms)).strftime("%Y-%m")
+    when = time.gmtime(at_ms // 1000)
+    return f"{when.tm_year:04d}-{when.tm_mon:02d}"
 
 
 def micros(cost: float) -> int:
@@ -118,6 +120,9 @@ class QuotaState(BaseModel):
     overrides: dict[str, int] = Field(default_factory=dict)
     agents: int = 0
     tasks: dict[str, TaskHold] = Field(default_factory=dict)
+    #: Totals over ``tasks`` (slots held, micros reserved), kept with them so a check is O(1).
+    slots: int = 0
+    reserved: int = 0
     #: Accepted commands per minute bucket: [[bucket, count], ...], oldest first, at most 61.
     rate: list[tuple[int, int]] = Field(default_factory=list)
     #: The latest command time seen (ms); earlier times count as this one.
@@ -130,12 +135,12 @@ class QuotaState(BaseModel):
     @property
     def concurrent_tasks(self) -> int:
         """Tasks holding a slot."""
-        return sum(1 for hold in self.tasks.values() if hold.slot)
+        return self.slots
 
     @property
     def reserved_micros(self) -> int:
         """Cost reserved by unfinished tasks."""
-        return sum(hold.reserved_micros for hold in self.tasks.values())
+        return self.reserved
 
     def spent_in(self, at_ms: int) -> int:
         """Spend of the month of ``at_ms`` (0 when the row's month is an earlier one)."""
@@ -245,6 +250,20 @@ def count_command(state: QuotaState, at: datetime, append_bytes: int = 0, rated:
     return state.model_copy(update=update)
 
 
+def _with_hold(state: QuotaState, update: dict[str, Any], task_id: str, hold: TaskHold | None) -> None:
+    """Put ``hold`` (None: remove) for ``task_id`` into ``update``, keeping the slot and reservation totals."""
+    tasks = dict(update.get("tasks", state.tasks))
+    slots = update.get("slots", state.slots)
+    reserved = update.get("reserved", state.reserved)
+    old = tasks.pop(task_id, None)
+    if old is not None:
+        slots, reserved = slots - old.slot, reserved - old.reserved_micros
+    if hold is not None:
+        tasks[task_id] = hold
+        slots, reserved = slots + hold.slot, reserved + hold.reserved_micros
+    update.update(tasks=tasks, slots=slots, reserved=reserved)
+
+
 def apply(state: QuotaState, event: Event, at: datetime) -> QuotaState:
     """The row after an accepted ``event`` that happened at ``at`` (other event types: unchanged)."""
     data = event.data
@@ -257,20 +276,19 @@ def apply(state: QuotaState, event: Event, at: datetime) -> QuotaState:
     elif kind == "AgentCreated":
         update["agents"] = state.agents + 1
     elif kind == "TaskAssigned":
-        hold = TaskHold(agent_id=data["agent_id"], reserved_micros=int(data.get("max_cost") or 0))
-        update["tasks"] = {**state.tasks, data["task_id"]: hold}
+        _with_hold(state, update, data["task_id"], TaskHold(agent_id=data["agent_id"], reserved_micros=int(data.get("max_cost") or 0)))
     elif kind == "TaskReassigned" and data["task_id"] in state.tasks:
         moved = state.tasks[data["task_id"]].model_copy(update={"agent_id": data["agent_id"], "slot": True})
-        update["tasks"] = {**state.tasks, data["task_id"]: moved}
+        _with_hold(state, update, data["task_id"], moved)
     elif kind in ("TaskCompleted", "TaskFailed"):
-        tasks = dict(state.tasks)
-        tasks.pop(data["task_id"], None)
+        _with_hold(state, update, data["task_id"], None)
         spent = update.get("spent_micros", state.spent_micros)
-        update.update(tasks=tasks, spent_micros=spent + micros(float(data.get("cost") or 0.0)))
+        update["spent_micros"] = spent + micros(float(data.get("cost") or 0.0))
     elif kind == "AgentStopped":
         agent = data["agent_id"]
-        if any(h.agent_id == agent and h.slot for h in state.tasks.values()):
-            update["tasks"] = {t: h.model_copy(update={"slot": False}) if h.agent_id == agent else h for t, h in state.tasks.items()}
+        for task_id, hold in state.tasks.items():
+            if hold.agent_id == agent and hold.slot:
+                _with_hold(state, update, task_id, hold.model_copy(update={"slot": False}))
     return state.model_copy(update=update) if update else state
 
 

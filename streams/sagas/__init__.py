@@ -6,7 +6,7 @@ duplicates, firing), and the saga types: ``task_lifecycle`` and ``onboarding``. 
 feeds events and fires deadlines on wall-clock time lives elsewhere (the batched runtime).
 """
 
-from streams.sagas.book import SagaBook, fire, handle, next_due_ms
+from streams.sagas.book import SagaBook, fire, handle, handle_batch, next_due_ms
 from streams.sagas.core import Backoff, Deadline, SagaCommand, SagaEvent, SagaType, Step, command_id
 from streams.sagas.deadlines import DeadlineQueue
 from streams.sagas.onboarding import OnboardingPolicy, TenantOnboarding
@@ -14,5 +14,5 @@ from streams.sagas.task_lifecycle import TaskLifecycle, TaskPolicy
 
 __all__ = [
     "Backoff", "Deadline", "DeadlineQueue", "OnboardingPolicy", "SagaBook", "SagaCommand", "SagaEvent", "SagaType",
-    "Step", "TaskLifecycle", "TaskPolicy", "TenantOnboarding", "command_id", "fire", "handle", "next_due_ms",
+    "Step", "TaskLifecycle", "TaskPolicy", "TenantOnboarding", "command_id", "fire", "handle", "handle_batch", "next_due_ms",
 ]

@@ -2,7 +2,8 @@
 
 The shell keeps one ``SagaBook`` per tenant in changelog-backed state co-partitioned with
 ``events.platform`` (keyed by tenant, like everything else). For each event of the tenant it
-calls ``handle``, and on a timer ``fire``; both return the new book and the commands to send,
+calls ``handle`` (or ``handle_batch`` for a batch of them: the same result, with one copy of the
+book), and on a timer ``fire``; both return the new book and the commands to send,
 which the shell commits in one transaction with the book and the input offsets. Neither reads a
 clock nor does I/O; the book serialises to JSON (``dump``/``load``).
 
@@ -24,9 +25,10 @@ reaches exactly one terminal state and sends nothing afterwards.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from streams.domain.quotas import to_ms
 from streams.sagas.core import SagaCommand, SagaEvent, SagaType, Step
@@ -98,10 +100,11 @@ class _Run:
         self.types = _types(types)
         self.sagas = dict(book.sagas)
         self.shared = dict(book.shared)
-        self.deadlines = book.deadlines
+        self.deadlines = book.deadlines.copy()  # changed in place below; the book's own stays as it was
         self.positions = dict(book.positions)
         self.follows = dict(book.follows)
         self.finished = list(book.finished)
+        self.ended = {sid for sid, _ in book.finished}
         self.commands: list[SagaCommand] = []
 
     def type_of(self, saga_id: str) -> SagaType:
@@ -123,7 +126,11 @@ class _Run:
                 self.follows.pop(stream, None)
                 self.positions.pop(stream, None)
         for stream in new - old:
-            self.follows[stream] = tuple(sorted({*self.follows.get(stream, ()), saga_id}))
+            ids = list(self.follows.get(stream, ()))
+            at = bisect_left(ids, saga_id)
+            if at == len(ids) or ids[at] != saga_id:
+                ids.insert(at, saga_id)
+            self.follows[stream] = tuple(ids)
             if stream in version_of and stream not in self.positions:
                 self.positions[stream] = version_of[stream]
 
@@ -132,25 +139,42 @@ class _Run:
         self.commands.extend(step.commands)
         if saga_type.is_terminal(step.state):
             self.sagas.pop(saga_id, None)
-            self.deadlines = self.deadlines.cancel(saga_id)
+            self.deadlines.discard(saga_id)
             self._set_follows(saga_id, old_follows, frozenset(), version_of)
             status = getattr(step.state, "status", "ended")
-            self.finished = [*self.finished, (saga_id, status)][-FINISHED_MEMORY:]
+            self.finished.append((saga_id, status))
+            self.ended.add(saga_id)
+            if len(self.finished) > FINISHED_MEMORY:
+                self.ended.discard(self.finished.pop(0)[0])
             return
         self.sagas[saga_id] = (saga_type.name, step.state.model_dump(mode="json"))
-        self.deadlines = self.deadlines.cancel(saga_id, step.cancel).schedule(step.deadlines)
+        if step.cancel:
+            self.deadlines.discard(saga_id, step.cancel)
+        for deadline in step.deadlines:
+            self.deadlines.put(deadline)
         self._set_follows(saga_id, old_follows, saga_type.follows(step.state), version_of)
 
     def book(self) -> SagaBook:
-        return SagaBook(self.sagas, self.shared, self.deadlines, self.positions, self.follows, tuple(self.finished))
+        return SagaBook(self.sagas, self.shared, self.deadlines.copy(), self.positions, self.follows, tuple(self.finished))
 
 
 def handle(types: Sequence[SagaType], book: SagaBook, event: SagaEvent) -> tuple[SagaBook, list[SagaCommand]]:
     """The book after ``event`` and the commands its sagas send (see the module docstring)."""
-    last = book.positions.get(event.stream_id)
-    if last is not None and event.version <= last:
-        return book, []
+    return handle_batch(types, book, [event])
+
+
+def handle_batch(types: Sequence[SagaType], book: SagaBook, events: Iterable[SagaEvent]) -> tuple[SagaBook, list[SagaCommand]]:
+    """``handle`` for each of ``events`` in order (the same result), copying the book once for the batch."""
     run = _Run(book, types)
+    for event in events:
+        _handle_one(run, event)
+    return run.book(), run.commands
+
+
+def _handle_one(run: _Run, event: SagaEvent) -> None:
+    last = run.positions.get(event.stream_id)
+    if last is not None and event.version <= last:
+        return
     if event.stream_id in run.follows:
         run.positions[event.stream_id] = event.version
     for saga_type in run.types.values():
@@ -165,15 +189,13 @@ def handle(types: Sequence[SagaType], book: SagaBook, event: SagaEvent) -> tuple
         saga_type = run.type_of(saga_id)
         state = run.state_of(saga_id)
         run.apply(saga_type, saga_id, saga_type.follows(state), saga_type.react(state, event, run.shared.get(saga_type.name, {})), here)
-    ended = {sid for sid, _ in run.finished}
     for saga_type in run.types.values():
         saga_id = saga_type.saga_id(event)
-        if saga_id is None or saga_id in run.sagas or saga_id in ended:
+        if saga_id is None or saga_id in run.sagas or saga_id in run.ended:
             continue
         step = saga_type.start(saga_id, event, run.shared.get(saga_type.name, {}))
         if step is not None:
             run.apply(saga_type, saga_id, frozenset(), step, here)
-    return run.book(), run.commands
 
 
 def fire(types: Sequence[SagaType], book: SagaBook, at: datetime) -> tuple[SagaBook, list[SagaCommand]]:
@@ -184,7 +206,7 @@ def fire(types: Sequence[SagaType], book: SagaBook, at: datetime) -> tuple[SagaB
     run = _Run(book, types)
     at_ms = to_ms(at)
     while True:
-        run.deadlines, due = run.deadlines.due(at_ms)
+        due = run.deadlines.pop_due(at_ms)
         if not due:
             return run.book(), run.commands
         for deadline in due:

@@ -282,7 +282,7 @@ def test_random_interleavings_never_pass_a_limit_and_usage_is_what_the_events_im
         assert row.agents == facts["agents"] and row.stored_bytes == facts["stored"]
         assert {t: (h.agent_id, h.reserved_micros, h.slot) for t, h in row.tasks.items()} == {t: tuple(v) for t, v in facts["open"].items()}
         assert row.spent_in(facts["clock"]) == facts["spent"].get(month, 0)
-        assert row.reserved_micros == reserved
+        assert row.reserved_micros == reserved and row.concurrent_tasks == sum(1 for held in facts["open"].values() if held[2])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -479,3 +479,26 @@ def test_random_orders_and_duplicates_send_one_command_per_step_and_end_every_sa
             assert task.status in ("completed", "failed")
     steps = [(c.tenant_id, c.saga_id, c.step, c.attempt) for _, c in w.sent]
     assert len(steps) == len(set(steps)), "two commands for one step and attempt"
+
+
+def test_a_batch_decides_as_the_same_events_one_by_one() -> None:
+    w = World()
+    tenant_with_agents(w, {"a1": "llm", "a2": "llm"})
+    for n in range(5):
+        assign(w, f"t{n}", "a1", start_within_s=10)
+    w.do("StartTask", {"task_id": "t1", "agent_id": "a1"})
+    w.do("FailTask", {"task_id": "t2", "error": "boom"})
+    w.do("StopAgent", {"agent_id": "a1"})
+    events = list(w.delivered)
+    one_by_one, sent = SagaBook(), []
+    for event in events:
+        one_by_one, commands = handle(w.types, one_by_one, event)
+        sent += commands
+    from streams.sagas import handle_batch
+
+    batched, batch_sent = handle_batch(w.types, SagaBook(), events)
+    assert batched.dump() == one_by_one.dump() and batch_sent == sent and sent
+    fired_one, cmds_one = fire(w.types, one_by_one, T0 + timedelta(seconds=30))
+    fired_two, cmds_two = fire(w.types, batched, T0 + timedelta(seconds=30))
+    assert fired_one.dump() == fired_two.dump() and cmds_one == cmds_two
+    assert one_by_one.dump() == batched.dump()  # firing changed neither book it was given
