@@ -70,6 +70,12 @@ class QuotaPlans(_Spec):
 
     plans: dict[str, QuotaLimits] = Field(min_length=1)
 
+    @model_validator(mode="after")
+    def _has_free(self) -> "QuotaPlans":
+        if "free" not in self.plans:
+            raise ValueError("quotas: plan 'free' is required (tenants of an unknown plan get its limits)")
+        return self
+
     def limits(self, plan: str) -> QuotaLimits:
         """The defaults of ``plan`` (KeyError naming the known plans if it has none)."""
         try:
