@@ -21,6 +21,7 @@ from typing import Any, Generic, Mapping, NamedTuple, Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from schemas.messages import CommandMeta, EventMeta
 from streams.domain.quotas import to_ms
 
 S = TypeVar("S", bound=BaseModel)
@@ -49,6 +50,11 @@ class SagaEvent:
         """``at`` in epoch milliseconds."""
         return to_ms(self.at)
 
+    @classmethod
+    def of(cls, event_type: str, data: Mapping[str, Any], meta: EventMeta) -> "SagaEvent":
+        """A decoded event of ``events.platform`` and its envelope, as a saga sees it."""
+        return cls(event_type, data, meta.tenant_id, meta.stream_id, meta.version, meta.occurred_at, meta.command_id)
+
 
 @dataclass(frozen=True)
 class SagaCommand:
@@ -61,6 +67,10 @@ class SagaCommand:
     saga_id: str
     step: str
     attempt: int
+
+    def meta(self, issued_at: datetime) -> CommandMeta:
+        """The envelope to send it with: its own id, its tenant, the saga as principal (no expected version)."""
+        return CommandMeta(command_id=self.command_id, tenant_id=self.tenant_id, issued_at=issued_at, principal=f"saga:{self.saga_id}")
 
 
 @dataclass(frozen=True, order=True)
