@@ -75,9 +75,8 @@ def bench_quotas(commands: int, open_tasks: int) -> dict[str, float]:
 def bench_sagas(in_flight: int, events: int, batch: int) -> dict[str, float]:
     types = [TaskLifecycle()]
     book = SagaBook()
-    version = 0
     agents = [f"a{i}" for i in range(20)]
-    for i, agent in enumerate(agents):
+    for agent in agents:
         book, _ = handle(types, book, SagaEvent("AgentCreated", {"agent_id": agent, "agent_type": "llm"}, "t", f"agent-{agent}", 1, T0))
         book, _ = handle(types, book, SagaEvent("AgentStarted", {"agent_id": agent}, "t", f"agent-{agent}", 2, T0))
     started = time.perf_counter()

@@ -34,6 +34,8 @@ from streams.domain.quotas import to_ms
 from streams.sagas.core import SagaCommand, SagaEvent, SagaType, Step
 from streams.sagas.deadlines import DeadlineQueue
 
+AnySaga = SagaType[Any]
+
 #: How many ended saga ids a book remembers (to refuse restarting them on a duplicate start event).
 FINISHED_MEMORY = 1000
 
@@ -89,14 +91,14 @@ class SagaBook:
         return None
 
 
-def _types(types: Sequence[SagaType]) -> dict[str, SagaType]:
+def _types(types: Sequence[AnySaga]) -> dict[str, AnySaga]:
     return {t.name: t for t in types}
 
 
 class _Run:
     """One call's mutable working copy of a book (the book itself stays unchanged)."""
 
-    def __init__(self, book: SagaBook, types: Sequence[SagaType]) -> None:
+    def __init__(self, book: SagaBook, types: Sequence[AnySaga]) -> None:
         self.types = _types(types)
         self.sagas = dict(book.sagas)
         self.shared = dict(book.shared)
@@ -107,7 +109,7 @@ class _Run:
         self.ended = {sid for sid, _ in book.finished}
         self.commands: list[SagaCommand] = []
 
-    def type_of(self, saga_id: str) -> SagaType:
+    def type_of(self, saga_id: str) -> AnySaga:
         kind = self.sagas[saga_id][0]
         if kind not in self.types:
             raise SagaRoutingError(f"saga {saga_id} is of type '{kind}', which is not among {sorted(self.types)}")
@@ -119,9 +121,9 @@ class _Run:
 
     def _set_follows(self, saga_id: str, old: frozenset[str], new: frozenset[str], version_of: Mapping[str, int]) -> None:
         for stream in old - new:
-            ids = tuple(i for i in self.follows.get(stream, ()) if i != saga_id)
-            if ids:
-                self.follows[stream] = ids
+            rest = tuple(i for i in self.follows.get(stream, ()) if i != saga_id)
+            if rest:
+                self.follows[stream] = rest
             else:
                 self.follows.pop(stream, None)
                 self.positions.pop(stream, None)
@@ -134,7 +136,7 @@ class _Run:
             if stream in version_of and stream not in self.positions:
                 self.positions[stream] = version_of[stream]
 
-    def apply(self, saga_type: SagaType, saga_id: str, old_follows: frozenset[str], step: Step, version_of: Mapping[str, int]) -> None:
+    def apply(self, saga_type: AnySaga, saga_id: str, old_follows: frozenset[str], step: Step, version_of: Mapping[str, int]) -> None:
         """Record ``step`` of ``saga_id``: state, commands, deadlines, following, the end."""
         self.commands.extend(step.commands)
         if saga_type.is_terminal(step.state):
@@ -158,12 +160,12 @@ class _Run:
         return SagaBook(self.sagas, self.shared, self.deadlines.copy(), self.positions, self.follows, tuple(self.finished))
 
 
-def handle(types: Sequence[SagaType], book: SagaBook, event: SagaEvent) -> tuple[SagaBook, list[SagaCommand]]:
+def handle(types: Sequence[AnySaga], book: SagaBook, event: SagaEvent) -> tuple[SagaBook, list[SagaCommand]]:
     """The book after ``event`` and the commands its sagas send (see the module docstring)."""
     return handle_batch(types, book, [event])
 
 
-def handle_batch(types: Sequence[SagaType], book: SagaBook, events: Iterable[SagaEvent]) -> tuple[SagaBook, list[SagaCommand]]:
+def handle_batch(types: Sequence[AnySaga], book: SagaBook, events: Iterable[SagaEvent]) -> tuple[SagaBook, list[SagaCommand]]:
     """``handle`` for each of ``events`` in order (the same result), copying the book once for the batch."""
     run = _Run(book, types)
     for event in events:
@@ -190,15 +192,15 @@ def _handle_one(run: _Run, event: SagaEvent) -> None:
         state = run.state_of(saga_id)
         run.apply(saga_type, saga_id, saga_type.follows(state), saga_type.react(state, event, run.shared.get(saga_type.name, {})), here)
     for saga_type in run.types.values():
-        saga_id = saga_type.saga_id(event)
-        if saga_id is None or saga_id in run.sagas or saga_id in run.ended:
+        new_id = saga_type.saga_id(event)
+        if new_id is None or new_id in run.sagas or new_id in run.ended:
             continue
-        step = saga_type.start(saga_id, event, run.shared.get(saga_type.name, {}))
+        step = saga_type.start(new_id, event, run.shared.get(saga_type.name, {}))
         if step is not None:
-            run.apply(saga_type, saga_id, frozenset(), step, here)
+            run.apply(saga_type, new_id, frozenset(), step, here)
 
 
-def fire(types: Sequence[SagaType], book: SagaBook, at: datetime) -> tuple[SagaBook, list[SagaCommand]]:
+def fire(types: Sequence[AnySaga], book: SagaBook, at: datetime) -> tuple[SagaBook, list[SagaCommand]]:
     """The book after every deadline due at ``at`` fired (earliest first), and the commands sent.
 
     Deadlines a step schedules that are already due at ``at`` fire in the same call.

@@ -510,6 +510,6 @@ def test_saga_events_and_commands_meet_the_envelopes() -> None:
     meta = EventMeta(event_id="e1", tenant_id="acme", stream_id="task-t1", version=3, occurred_at=T0, command_id="c9")
     event = SagaEvent.of("TaskStarted", {"task_id": "t1", "agent_id": "a1"}, meta)
     assert (event.tenant_id, event.stream_id, event.version, event.at, event.command_id) == ("acme", "task-t1", 3, T0, "c9")
-    command = TaskLifecycle()._command(TaskLifecycle().start("task:t1", SagaEvent("TaskAssigned", {"task_id": "t1", "agent_id": "a1", "task_type": "x"}, "acme", "task-t1", 1, T0), {}).state, "reassign", 1, "ReassignTask", {})
+    command = SagaCommand("saga:task:task:t1:reassign:1", "ReassignTask", "acme", {}, "task:t1", "reassign", 1)
     envelope = command.meta(T0)
     assert (envelope.command_id, envelope.tenant_id, envelope.principal, envelope.expected_version) == ("saga:task:task:t1:reassign:1", "acme", "saga:task:t1", None)
