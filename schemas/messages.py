@@ -115,7 +115,11 @@ class CommandAccepted(BaseModel):
 
 
 class CommandRejected(BaseModel):
-    """The command was refused; nothing was appended."""
+    """The command was refused; nothing was appended.
+
+    A ``QuotaExceeded`` rejection also says which ``quota`` (a ``QuotaLimits`` field name), its
+    ``limit`` and the tenant's ``usage`` before the command; other codes leave them None.
+    """
 
     status: Literal["rejected"] = "rejected"
     command_id: str
@@ -123,6 +127,9 @@ class CommandRejected(BaseModel):
     code: str
     message: str
     current_version: int | None = None
+    quota: str | None = None
+    limit: int | None = None
+    usage: int | None = None
 
 
 CommandResult = Annotated[Union[CommandAccepted, CommandRejected], Field(discriminator="status")]
@@ -138,6 +145,8 @@ def compact_result(result: CommandAccepted | CommandRejected) -> list[Any]:
     """A result in a few bytes, for the per-stream retry memory (ids and stream are known there)."""
     if isinstance(result, CommandAccepted):
         return ["a", result.new_version, [[e.type, e.version, e.event_id] for e in result.events]]
+    if result.quota is not None:
+        return ["r", result.code, result.message, result.current_version, [result.quota, result.limit, result.usage]]
     return ["r", result.code, result.message, result.current_version]
 
 
@@ -146,7 +155,10 @@ def expand_result(compact: list[Any], command_id: str, tenant_id: str, stream_id
     if compact[0] == "a":
         events = [EventRef(type=t, version=v, event_id=i) for t, v, i in compact[2]]
         return CommandAccepted(command_id=command_id, tenant_id=tenant_id, stream_id=stream_id, new_version=compact[1], events=events)
-    return CommandRejected(command_id=command_id, tenant_id=tenant_id, code=compact[1], message=compact[2], current_version=compact[3])
+    quota, limit, usage = compact[4] if len(compact) > 4 else (None, None, None)
+    return CommandRejected(
+        command_id=command_id, tenant_id=tenant_id, code=compact[1], message=compact[2], current_version=compact[3], quota=quota, limit=limit, usage=usage
+    )
 
 
 class Snapshot(BaseModel):

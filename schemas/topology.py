@@ -43,6 +43,47 @@ class TopicSpec(_Spec):
         return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms), **self.config}
 
 
+class QuotaLimits(_Spec):
+    """What a tenant may use: the five quotas of the command path plus two task defaults.
+
+    Money is in integer micro-units of the billing currency (1 unit = 1,000,000 micros), so
+    budgets add up exactly. ``task_max_cost_micros`` and ``task_start_within_s`` fill an
+    ``AssignTask`` that does not say its own ``max_cost`` / ``start_within_s``.
+    """
+
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "max_agents", "max_concurrent_tasks", "api_rate_per_hour", "storage_limit_bytes",
+        "monthly_budget_micros", "task_max_cost_micros", "task_start_within_s",
+    )
+
+    max_agents: int = Field(ge=0, description="agents a tenant may create")
+    max_concurrent_tasks: int = Field(ge=0, description="tasks holding a slot at once (from TaskAssigned to its end or its agent's stop)")
+    api_rate_per_hour: int = Field(ge=0, description="accepted commands in any interval of one hour")
+    storage_limit_bytes: int = Field(ge=0, description="bytes of the tenant's events (encoded payloads)")
+    monthly_budget_micros: int = Field(ge=0, description="spent + reserved task cost per UTC month, micro-units")
+    task_max_cost_micros: int = Field(ge=0, description="the reservation of an AssignTask without max_cost")
+    task_start_within_s: int = Field(ge=1, description="how long an agent has to start a task when AssignTask does not say")
+
+
+class QuotaPlans(_Spec):
+    """Default limits per commercial plan (``TenantCreated.plan``); ``SetTenantQuota`` overrides them per tenant."""
+
+    plans: dict[str, QuotaLimits] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _has_free(self) -> "QuotaPlans":
+        if "free" not in self.plans:
+            raise ValueError("quotas: plan 'free' is required (tenants of an unknown plan get its limits)")
+        return self
+
+    def limits(self, plan: str) -> QuotaLimits:
+        """The defaults of ``plan`` (KeyError naming the known plans if it has none)."""
+        try:
+            return self.plans[plan]
+        except KeyError:
+            raise KeyError(f"no quota plan '{plan}' (declared: {', '.join(sorted(self.plans))})") from None
+
+
 class TableSpec(_Spec):
     """A changelog-backed Faust table, updated from the stream of the agent that owns it."""
 
@@ -152,6 +193,7 @@ class Topology(_Spec):
     sinks: list[SinkSpec] = Field(default_factory=list)
     cubes: list[CubeSpec] = Field(default_factory=list)
     exports: list[ExportSpec] = Field(default_factory=list, description="scheduled exports (schemas/exports.py)")
+    quotas: QuotaPlans | None = Field(default=None, description="default tenant limits per plan (streams/domain/quotas.py)")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Topology":

@@ -86,7 +86,8 @@ def test_every_command_has_one_aggregate() -> None:
     owned = [c for a in AGGREGATES for c in a.commands]
     assert len(owned) == len(set(owned))
     assert set(owned) <= set(REG.names("command"))
-    assert set(REG.names("command")) - set(owned) <= {"AppendEvents"}  # the event store's append, not a decider's
+    # the event store's append, and the provisioner's steps (streams/sagas/onboarding.py), are no decider's
+    assert set(REG.names("command")) - set(owned) <= {"AppendEvents", "PrepareTenant", "TeardownTenant"}
     for aggregate in AGGREGATES:
         assert aggregate.events <= set(REG.names("event")), aggregate.name
     assert aggregate_for("AssignTask") is TASK
@@ -168,7 +169,12 @@ def test_assign_then_complete() -> None:
     running_agent(h)
     t0 = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
     events = h.handle("AssignTask", {"task_id": "t1", "agent_id": "a1", "task_type": "summarise", "input": {"doc": "d"}}, at=t0)
-    assert events == [Event("TaskAssigned", {"task_id": "t1", "agent_id": "a1", "task_type": "summarise", "input": {"doc": "d"}, "assigned_at": t0})]
+    assert events == [
+        Event(
+            "TaskAssigned",
+            {"task_id": "t1", "agent_id": "a1", "task_type": "summarise", "input": {"doc": "d"}, "assigned_at": t0, "max_cost": None, "start_within_s": None, "retry_of": None},
+        )
+    ]
     state = h.state("acme", "task-t1")
     assert (state.status, state.agent_id, state.task_type, state.assigned_at) == ("assigned", "a1", "summarise", t0)
     events = h.handle("CompleteTask", {"task_id": "t1", "output": {"s": "ok"}, "cost": 0.5}, at=t0 + timedelta(seconds=90))
@@ -259,11 +265,17 @@ COMMANDS = st.one_of(
     st.builds(lambda p, r: ("UpdateSecurityPolicy", {"policy_id": p, "rules": r}), small, small_map),
     st.builds(lambda p, r: ("GrantAccess", {"principal": p, "role": r}), small, st.sampled_from(["viewer", "admin"])),
     st.builds(lambda p, r: ("RevokeAccess", {"principal": p, "role": r}), small, st.sampled_from(["viewer", "admin"])),
+    st.builds(lambda a, n: ("SetTenantQuota", {"max_agents": a, "api_rate_per_hour": n}), st.none() | st.integers(-1, 5), st.none() | st.integers(0, 9)),
+    st.builds(lambda ok: ("RecordTenantPreparation", {"succeeded": ok, "reason": None if ok else "r"}), st.booleans()),
+    st.builds(lambda: ("CompleteTenantOnboarding", {})),
+    st.builds(lambda r: ("FailTenantOnboarding", {"reason": r}), small),
 )
 TASK_COMMANDS = st.one_of(
     st.builds(lambda t, a: ("AssignTask", {"task_id": t, "agent_id": a, "task_type": "x"}), st.sampled_from(TASK_IDS), st.sampled_from(AGENT_IDS)),
     st.builds(lambda t: ("CompleteTask", {"task_id": t}), st.sampled_from(TASK_IDS)),
     st.builds(lambda t: ("FailTask", {"task_id": t, "error": "e"}), st.sampled_from(TASK_IDS)),
+    st.builds(lambda t, a: ("StartTask", {"task_id": t, "agent_id": a}), st.sampled_from(TASK_IDS), st.sampled_from(AGENT_IDS)),
+    st.builds(lambda t, a: ("ReassignTask", {"task_id": t, "agent_id": a}), st.sampled_from(TASK_IDS), st.sampled_from(AGENT_IDS)),
 )
 #: Some agents created and started first (so that tasks get assigned), then anything, tasks weighted up.
 SETUP = st.lists(st.tuples(st.sampled_from(TENANTS), st.sampled_from(AGENT_IDS)), max_size=4).map(
@@ -336,7 +348,84 @@ def test_task_invariants_hold_in_every_history(history) -> None:
             continue
         types = [e.type for _, e in entries]
         assert types[0] == "TaskAssigned" and types.count("TaskAssigned") == 1
-        assert len(types) <= 2 and all(t in ("TaskCompleted", "TaskFailed") for t in types[1:])
+        ends = [i for i, t in enumerate(types) if t in ("TaskCompleted", "TaskFailed")]
+        assert ends in ([], [len(types) - 1])  # ends once, and nothing after
+        started = [i for i, t in enumerate(types) if t == "TaskStarted"]
+        assert len(started) <= 1 and all(i < started[0] for i, t in enumerate(types) if started and t == "TaskReassigned")
         agent_id = entries[0][1].data["agent_id"]
-        assert all(e.data["agent_id"] == agent_id for _, e in entries)
-        assert (tenant, f"agent-{agent_id}") in h.events  # the agent existed in the same tenant
+        for _, event in entries:  # every event names the agent the task is with at that point
+            if event.type == "TaskReassigned":
+                assert event.data["from_agent_id"] == agent_id != event.data["agent_id"]
+                agent_id = event.data["agent_id"]
+            assert event.data["agent_id"] == agent_id
+            assert (tenant, f"agent-{agent_id}") in h.events  # the agent existed in the same tenant
+
+
+# ====================================================================== quotas, start, reassignment, onboarding
+def test_start_task_only_by_its_agent_and_only_once() -> None:
+    h = Harness()
+    assigned_task(h)
+    running_agent(h, "a2")
+    assert rejected(h.handle("StartTask", {"task_id": "t1", "agent_id": "a2"}), RejectionCode.INVARIANT_VIOLATED, "assigned to agent a1")
+    at = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    assert h.handle("StartTask", {"task_id": "t1", "agent_id": "a1"}, at=at) == [Event("TaskStarted", {"task_id": "t1", "agent_id": "a1", "started_at": at})]
+    assert h.state("acme", "task-t1").status == "started"
+    assert rejected(h.handle("StartTask", {"task_id": "t1", "agent_id": "a1"}), RejectionCode.INVARIANT_VIOLATED, "already started")
+    assert rejected(h.handle("StartTask", {"task_id": "t9", "agent_id": "a1"}), RejectionCode.NOT_FOUND)
+    assert not isinstance(h.handle("CompleteTask", {"task_id": "t1"}), Rejection)  # a started task completes
+
+
+def test_reassign_task_before_its_start_to_another_running_agent() -> None:
+    h = Harness()
+    assigned_task(h)
+    assert rejected(h.handle("ReassignTask", {"task_id": "t1", "agent_id": "a1"}), RejectionCode.INVARIANT_VIOLATED, "already assigned to agent a1")
+    assert rejected(h.handle("ReassignTask", {"task_id": "t1", "agent_id": "a2"}), RejectionCode.NOT_FOUND, "agent a2 does not exist")
+    running_agent(h, "a2")
+    events = h.handle("ReassignTask", {"task_id": "t1", "agent_id": "a2", "attempt": 1})
+    assert [(e.type, e.data["from_agent_id"], e.data["agent_id"], e.data["attempt"]) for e in events] == [("TaskReassigned", "a1", "a2", 1)]
+    state = h.state("acme", "task-t1")
+    assert (state.agent_id, state.reassignments, state.status) == ("a2", 1, "assigned")
+    h.handle("StartTask", {"task_id": "t1", "agent_id": "a2"})
+    assert rejected(h.handle("ReassignTask", {"task_id": "t1", "agent_id": "a1"}), RejectionCode.INVARIANT_VIOLATED, "already started")
+
+
+def test_assign_task_records_reservation_start_time_and_retry_and_caps_the_billed_cost() -> None:
+    h = Harness()
+    running_agent(h)
+    events = h.handle("AssignTask", {"task_id": "t1", "agent_id": "a1", "task_type": "x", "max_cost": 250_000, "start_within_s": 30, "retry_of": "t0"})
+    assert {k: events[0].data[k] for k in ("max_cost", "start_within_s", "retry_of")} == {"max_cost": 250_000, "start_within_s": 30, "retry_of": "t0"}
+    done = h.handle("CompleteTask", {"task_id": "t1", "cost": 0.9})  # more than reserved: billed what was reserved
+    assert done[0].data["cost"] == 0.25 and round(done[0].data["cost"] * 1_000_000) == 250_000
+    h.handle("AssignTask", {"task_id": "t2", "agent_id": "a1", "task_type": "x", "max_cost": 250_000})
+    assert h.handle("FailTask", {"task_id": "t2", "error": "e", "cost": 0.1})[0].data["cost"] == 0.1  # under the cap: as reported
+    h.handle("AssignTask", {"task_id": "t3", "agent_id": "a1", "task_type": "x"})  # before quotas: no cap
+    assert h.handle("CompleteTask", {"task_id": "t3", "cost": 7.5})[0].data["cost"] == 7.5
+
+
+def test_set_tenant_quota() -> None:
+    h = Harness()
+    assert rejected(h.handle("SetTenantQuota", {"max_agents": 3}), RejectionCode.NOT_FOUND)
+    h.handle("CreateTenant", {"name": "Acme", "plan": "pro"})
+    assert rejected(h.handle("SetTenantQuota", {}), RejectionCode.VALIDATION_FAILED, "sets no limit")
+    assert rejected(h.handle("SetTenantQuota", {"max_agents": -1, "api_rate_per_hour": -2}), RejectionCode.VALIDATION_FAILED, "api_rate_per_hour, max_agents")
+    assert rejected(h.handle("SetTenantQuota", {"task_start_within_s": 0}), RejectionCode.VALIDATION_FAILED, "at least 1")
+    events = h.handle("SetTenantQuota", {"max_agents": 3, "monthly_budget_micros": 0})
+    assert events[0].type == "TenantQuotaSet" and events[0].data["max_agents"] == 3 and events[0].data["max_concurrent_tasks"] is None
+    h.handle("SetTenantQuota", {"max_agents": 5, "api_rate_per_hour": 60})
+    assert h.state("acme", "tenant").quota == {"max_agents": 5, "monthly_budget_micros": 0, "api_rate_per_hour": 60}
+
+
+def test_onboarding_ends_once() -> None:
+    h = Harness()
+    h.handle("CreateTenant", {"name": "Acme"})
+    assert rejected(h.handle("CompleteTenantOnboarding", {}), RejectionCode.INVARIANT_VIOLATED, "not prepared")
+    assert h.handle("RecordTenantPreparation", {"succeeded": False, "reason": "disk full"}) == [Event("TenantPreparationFailed", {"reason": "disk full"})]
+    assert h.handle("RecordTenantPreparation", {"succeeded": True}) == [Event("TenantPrepared", {"detail": {}})]
+    assert h.handle("CompleteTenantOnboarding", {}) == [Event("TenantReady", {"saga_id": "onboarding"})]
+    assert h.state("acme", "tenant").onboarding == "ready"
+    for kind, data in (("CompleteTenantOnboarding", {}), ("FailTenantOnboarding", {"reason": "x"}), ("RecordTenantPreparation", {"succeeded": True})):
+        assert rejected(h.handle(kind, data), RejectionCode.INVARIANT_VIOLATED, "already ready")
+    h2 = Harness()
+    h2.handle("CreateTenant", {"name": "Beta"})
+    assert h2.handle("FailTenantOnboarding", {"reason": "timed out"}) == [Event("TenantOnboardingFailed", {"reason": "timed out"})]
+    assert rejected(h2.handle("CompleteTenantOnboarding", {}), RejectionCode.INVARIANT_VIOLATED, "already failed")

@@ -26,12 +26,14 @@ from schemas import (
 COMMANDS = [
     "CreateAgent", "ConfigureAgent", "StartAgent", "StopAgent", "AssignTask", "CompleteTask",
     "FailTask", "CreateTenant", "ConfigureTenant", "UpdateSecurityPolicy", "GrantAccess", "RevokeAccess",
-    "AppendEvents",
+    "AppendEvents", "SetTenantQuota", "StartTask", "ReassignTask", "PrepareTenant", "TeardownTenant",
+    "RecordTenantPreparation", "CompleteTenantOnboarding", "FailTenantOnboarding",
 ]
 EVENTS = [
     "AgentCreated", "AgentConfigured", "AgentStarted", "AgentStopped", "TaskAssigned", "TaskCompleted",
     "TaskFailed", "TenantCreated", "TenantConfigured", "SecurityPolicyUpdated", "AccessGranted",
-    "AccessRevoked", "BillingEvent",
+    "AccessRevoked", "BillingEvent", "TenantQuotaSet", "TaskStarted", "TaskReassigned", "TenantPrepared",
+    "TenantPreparationFailed", "TenantReady", "TenantOnboardingFailed",
 ]
 METADATA_FIELDS = {"tenant_id", "command_id", "event_id", "expected_version", "stream_id", "event_version"}
 
@@ -42,7 +44,8 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "ConfigureAgent": {"agent_id": "a-1", "config": {"temperature": "0.2"}},
     "StartAgent": {"agent_id": "a-1"},
     "StopAgent": {"agent_id": "a-1", "reason": "maintenance"},
-    "AssignTask": {"task_id": "t-1", "agent_id": "a-1", "task_type": "summarise", "input": {"doc": "d-9"}},
+    "AssignTask": {"task_id": "t-1", "agent_id": "a-1", "task_type": "summarise", "input": {"doc": "d-9"},
+                   "max_cost": 250_000, "start_within_s": 30, "retry_of": None},
     "CompleteTask": {"task_id": "t-1", "output": {"summary": "ok"}, "cost": 0.25},
     "FailTask": {"task_id": "t-1", "error": "timeout", "cost": 0.01},
     "CreateTenant": {"name": "Acme", "region": "eu-central-1", "plan": "pro"},
@@ -55,7 +58,25 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "AgentConfigured": {"agent_id": "a-1", "config": {"temperature": "0.2"}},
     "AgentStarted": {"agent_id": "a-1"},
     "AgentStopped": {"agent_id": "a-1", "reason": None},
-    "TaskAssigned": {"task_id": "t-1", "agent_id": "a-1", "task_type": "summarise", "input": {}, "assigned_at": None},
+    "TaskAssigned": {"task_id": "t-1", "agent_id": "a-1", "task_type": "summarise", "input": {}, "assigned_at": None,
+                     "max_cost": None, "start_within_s": 60, "retry_of": "t-0"},
+    "SetTenantQuota": {"max_agents": 10, "max_concurrent_tasks": None, "api_rate_per_hour": 3600, "storage_limit_bytes": None,
+                       "monthly_budget_micros": 5_000_000, "task_max_cost_micros": None, "task_start_within_s": None},
+    "TenantQuotaSet": {"max_agents": 10, "max_concurrent_tasks": None, "api_rate_per_hour": 3600, "storage_limit_bytes": None,
+                       "monthly_budget_micros": 5_000_000, "task_max_cost_micros": None, "task_start_within_s": 45},
+    "StartTask": {"task_id": "t-1", "agent_id": "a-1"},
+    "TaskStarted": {"task_id": "t-1", "agent_id": "a-1", "started_at": datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)},
+    "ReassignTask": {"task_id": "t-1", "agent_id": "a-2", "attempt": 2},
+    "TaskReassigned": {"task_id": "t-1", "from_agent_id": "a-1", "agent_id": "a-2", "attempt": 2, "assigned_at": None},
+    "PrepareTenant": {"plan": "pro"},
+    "TeardownTenant": {"reason": "prepare timed out"},
+    "RecordTenantPreparation": {"succeeded": False, "reason": "clickhouse unreachable"},
+    "CompleteTenantOnboarding": {"saga_id": "onboarding"},
+    "FailTenantOnboarding": {"reason": "prepare timed out"},
+    "TenantPrepared": {"detail": {"read_models": "ok"}},
+    "TenantPreparationFailed": {"reason": "clickhouse unreachable"},
+    "TenantReady": {"saga_id": "onboarding"},
+    "TenantOnboardingFailed": {"reason": "prepare timed out"},
     "TaskCompleted": {"task_id": "t-1", "agent_id": "a-1", "output": {"summary": "ok"}, "cost": 0.25, "duration_s": 1.5},
     "TaskFailed": {"task_id": "t-1", "agent_id": "a-1", "error": "timeout", "cost": 0.0},
     "TenantCreated": {"name": "Acme", "region": "eu-west-1", "plan": "enterprise"},
@@ -110,6 +131,17 @@ def test_all_commands_and_events_exist(reg: SchemaRegistry) -> None:
     assert all(reg.kind(n) == "event" for n in EVENTS)
     assert [v.version for v in reg.versions("AgentCreated")] == [1, 2]
     assert reg.get("AgentCreated").version == 2
+    assert [v.version for v in reg.versions("AssignTask")] == [1, 2]
+    assert [v.version for v in reg.versions("TaskAssigned")] == [1, 2]
+
+
+def test_assign_task_v1_data_reads_as_v2_with_nulls(reg: SchemaRegistry) -> None:
+    """Commands and events written before quotas decode with no max_cost, start_within_s or retry_of."""
+    for name, v1 in (("AssignTask", {"task_id": "t-1", "agent_id": "a-1", "task_type": "x", "input": {}}),
+                     ("TaskAssigned", {"task_id": "t-1", "agent_id": "a-1", "task_type": "x", "input": {}, "assigned_at": None})):
+        value, headers = reg.encode(name, v1, version=1)
+        _, model = reg.decode(value, headers)
+        assert model.model_dump() == {**v1, "max_cost": None, "start_within_s": None, "retry_of": None}
 
 
 def test_default_registry_is_cached() -> None:

@@ -64,6 +64,10 @@ def test_agent_inputs_must_match_the_code():
         (lambda d: d["topics"].append(dict(d["topics"][0])), "declared twice"),
         (lambda d: d["topics"][0].__setitem__("partitions", 0), "greater than or equal to 1"),
         (lambda d: d["topics"][0].__setitem__("cleanup_policy", "shred"), "cleanup_policy"),
+        (lambda d: d["quotas"]["plans"]["pro"].__setitem__("max_agents", -1), "quotas.plans.pro.max_agents: Input should be greater than or equal to 0"),
+        (lambda d: d["quotas"]["plans"]["pro"].pop("monthly_budget_micros"), "quotas.plans.pro.monthly_budget_micros: Field required"),
+        (lambda d: d["quotas"]["plans"]["pro"].__setitem__("max_tokens", 5), "quotas.plans.pro.max_tokens: Extra inputs"),
+        (lambda d: d["quotas"]["plans"].pop("free"), "plan 'free' is required"),
     ],
 )
 def test_bad_declarations_fail_to_load_with_the_reason(tmp_path: Path, mutate, words):

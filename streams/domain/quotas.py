@@ -1,0 +1,318 @@
+"""Per-tenant quotas: the pure rules that guard the command path (no I/O, no clock).
+
+A tenant's quota row (``QuotaState``) holds its plan, the limits it set with ``SetTenantQuota``
+and its usage; it serialises to JSON (``dump``/``load``). Limits are ``QuotaLimits`` from the
+topology (plan defaults) overlaid by the tenant's own (``limits_of``). Three functions:
+
+- ``with_defaults(command, limits)`` fills ``AssignTask.max_cost`` / ``start_within_s`` from the
+  limits, so the event records what was reserved and promised;
+- ``check(command, state, limits, at, append_bytes)`` -> ``QuotaExceeded | None`` for a command
+  whose decision was accepted and whose events take ``append_bytes``;
+- ``accept(state, at, events, append_bytes)`` -> the row after an accepted command: the command
+  is counted in the hourly rate, its bytes stored, and every event applied (``apply``).
+
+``admit`` does check-then-accept in one call: what the command processor runs between deciding
+and writing, so the check and the decision it guards commit in one transaction.
+
+**Hourly rate rule (sliding window in minute buckets).** Accepted command times are counted per
+UTC minute; a command at time t is admitted when the commands counted in the 61 minute buckets
+ending with t's minute number fewer than ``api_rate_per_hour``. Those buckets cover every instant
+of (t - 1 h, t], so **no interval of one hour ever holds more than the limit** - no 2x burst at a
+window edge, unlike fixed hourly windows; and unlike a token bucket with a full-hour burst (which
+admits 2x the limit in a sliding hour) a tenant may still use its whole hour at once. It is at
+most one minute stricter than an exact log of every command time, and keeps at most 61 numbers.
+Times are command times (``Command.at``); a time earlier than the latest one seen counts as the
+latest, so the rule depends only on the sequence of command times and a replay decides the same.
+
+**Slots and budget.** ``TaskAssigned`` takes a slot and reserves its ``max_cost``;
+``TaskCompleted``/``TaskFailed`` free the slot, drop the reservation and add the cost to the
+month's spend (the task decider caps the cost at the reservation, so reserved + spent never
+passes the budget); ``AgentStopped`` frees the slots of its unfinished tasks but keeps their
+reservations (a late completion may still be billed); ``TaskReassigned`` takes the slot back if it
+was freed (``ReassignTask`` is checked for a slot then). Spend belongs to the UTC month of the
+event; reservations carry over a month change.
+
+``SetTenantQuota`` is never refused by a quota: it is how an operator lifts a limit that blocks;
+nor are the platform's onboarding steps (``EXEMPT``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Iterable, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.topology import QuotaLimits, QuotaPlans
+from streams.domain.core import Command, Event
+
+#: The stream id of a tenant's quota row in the aggregates table (``<tenant>/quota``): no aggregate
+#: owns it, so no command or AppendEvents can address it.
+QUOTA_ROW = "quota"
+#: The quotas a command can exceed (names of QuotaLimits fields).
+QUOTAS = ("max_agents", "max_concurrent_tasks", "api_rate_per_hour", "storage_limit_bytes", "monthly_budget_micros")
+#: Commands no quota refuses and the rate does not count: an operator must be able to lift a limit
+#: that blocks everything, and the platform's own onboarding steps are no usage of the tenant (an
+#: onboarding that failed sets every limit to 0 before it records the failure).
+EXEMPT = frozenset({"SetTenantQuota", "RecordTenantPreparation", "CompleteTenantOnboarding", "FailTenantOnboarding"})
+#: Width of one rate bucket and how many buckets a decision counts (61: see the module docstring).
+BUCKET_MS = 60_000
+WINDOW_BUCKETS = 61
+HOUR_MS = 3_600_000
+MICROS = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_ms(at: datetime) -> int:
+    """``at`` as integer epoch milliseconds (naive times are taken as UTC); exact, no float."""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return (at - _EPOCH) // timedelta(milliseconds=1)
+
+
+def month_of(at_ms: int) -> str:
+    """The UTC month ``YYYY-MM`` of an epoch-millisecond time."""
+    when = time.gmtime(at_ms // 1000)
+    return f"{when.tm_year:04d}-{when.tm_mon:02d}"
+
+
+def micros(cost: float) -> int:
+    """A cost in units of the billing currency as integer micro-units (rounded half to even)."""
+    return round(cost * MICROS)
+
+
+@dataclass(frozen=True)
+class QuotaExceeded:
+    """A command refused by a quota: which one, its limit, the usage before the command, and
+    what the command would have added."""
+
+    quota: str
+    limit: int
+    usage: int
+    requested: int = 1
+
+    @property
+    def message(self) -> str:
+        """A sentence for a person."""
+        return f"quota {self.quota} exceeded: usage {self.usage} + {self.requested} would pass the limit {self.limit}"
+
+
+class TaskHold(BaseModel):
+    """An unfinished task as the quota sees it: its agent, its reservation, whether it holds a slot."""
+
+    model_config = ConfigDict(frozen=True)
+
+    agent_id: str
+    reserved_micros: int = 0
+    slot: bool = True
+
+
+class QuotaState(BaseModel):
+    """One tenant's quota row: plan, own limits, usage. Plain data; ``dump``/``load`` go through JSON."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: str = "free"
+    #: Limits the tenant set with SetTenantQuota (name -> value); the plan gives the rest.
+    overrides: dict[str, int] = Field(default_factory=dict)
+    agents: int = 0
+    tasks: dict[str, TaskHold] = Field(default_factory=dict)
+    #: Totals over ``tasks`` (slots held, micros reserved), kept with them so a check is O(1).
+    slots: int = 0
+    reserved: int = 0
+    #: Accepted commands per minute bucket: [[bucket, count], ...], oldest first, at most 61.
+    rate: list[tuple[int, int]] = Field(default_factory=list)
+    #: The latest command time seen (ms); earlier times count as this one.
+    last_at_ms: int = 0
+    stored_bytes: int = 0
+    #: The UTC month ``spent_micros`` belongs to.
+    month: str = ""
+    spent_micros: int = 0
+
+    @property
+    def concurrent_tasks(self) -> int:
+        """Tasks holding a slot."""
+        return self.slots
+
+    @property
+    def reserved_micros(self) -> int:
+        """Cost reserved by unfinished tasks."""
+        return self.reserved
+
+    def spent_in(self, at_ms: int) -> int:
+        """Spend of the month of ``at_ms`` (0 when the row's month is an earlier one)."""
+        return self.spent_micros if self.month == month_of(at_ms) else 0
+
+    def rate_count(self, at_ms: int) -> int:
+        """Accepted commands counted for a decision at ``at_ms`` (the 61 buckets ending with its minute)."""
+        now = max(at_ms, self.last_at_ms) // BUCKET_MS
+        return sum(count for bucket, count in self.rate if bucket > now - WINDOW_BUCKETS)
+
+    def usage(self, at: datetime) -> dict[str, int]:
+        """Usage of every quota at ``at``, by quota name (for reports and the CLI)."""
+        at_ms = to_ms(at)
+        return {
+            "max_agents": self.agents,
+            "max_concurrent_tasks": self.concurrent_tasks,
+            "api_rate_per_hour": self.rate_count(at_ms),
+            "storage_limit_bytes": self.stored_bytes,
+            "monthly_budget_micros": self.spent_in(at_ms) + self.reserved_micros,
+        }
+
+
+def dump(state: QuotaState) -> dict[str, Any]:
+    """The row as JSON-ready data."""
+    return state.model_dump(mode="json")
+
+
+def load(data: Mapping[str, Any] | None) -> QuotaState:
+    """The row from ``dump``'s data (a fresh row for None)."""
+    return QuotaState() if data is None else QuotaState.model_validate(data)
+
+
+def limits_of(state: QuotaState, plans: QuotaPlans) -> QuotaLimits:
+    """The tenant's effective limits: its plan's defaults overlaid by its own."""
+    base = plans.plans.get(state.plan) or plans.limits("free")
+    return base.model_copy(update=state.overrides) if state.overrides else base
+
+
+def with_defaults(command: Command, limits: QuotaLimits) -> Command:
+    """``command`` with ``AssignTask``'s missing ``max_cost`` and ``start_within_s`` taken from ``limits``."""
+    if command.type != "AssignTask":
+        return command
+    data = dict(command.data)
+    if data.get("max_cost") is None:
+        data["max_cost"] = limits.task_max_cost_micros
+    if data.get("start_within_s") is None:
+        data["start_within_s"] = limits.task_start_within_s
+    return replace(command, data=data)
+
+
+def check(command: Command, state: QuotaState, limits: QuotaLimits, at: datetime, append_bytes: int = 0) -> QuotaExceeded | None:
+    """Why the quotas refuse ``command`` (its events taking ``append_bytes``) at ``at``, or None.
+
+    Checked in this order, the first that fails is reported: the hourly rate, storage, then the
+    quota of the command's own kind (``CreateAgent``: agents; ``AssignTask``: slots, then
+    budget with its ``max_cost``; ``ReassignTask`` of a task whose slot was freed: slots).
+    """
+    if command.type in EXEMPT:
+        return None
+    at_ms = to_ms(at)
+    count = state.rate_count(at_ms)
+    if count + 1 > limits.api_rate_per_hour:
+        return QuotaExceeded("api_rate_per_hour", limits.api_rate_per_hour, count)
+    if state.stored_bytes + append_bytes > limits.storage_limit_bytes:
+        return QuotaExceeded("storage_limit_bytes", limits.storage_limit_bytes, state.stored_bytes, append_bytes)
+    data = command.data
+    if command.type == "CreateAgent" and state.agents + 1 > limits.max_agents:
+        return QuotaExceeded("max_agents", limits.max_agents, state.agents)
+    if command.type == "AssignTask":
+        if state.concurrent_tasks + 1 > limits.max_concurrent_tasks:
+            return QuotaExceeded("max_concurrent_tasks", limits.max_concurrent_tasks, state.concurrent_tasks)
+        max_cost = data.get("max_cost")
+        cost = limits.task_max_cost_micros if max_cost is None else int(max_cost)
+        committed = state.spent_in(at_ms) + state.reserved_micros
+        if committed + cost > limits.monthly_budget_micros:
+            return QuotaExceeded("monthly_budget_micros", limits.monthly_budget_micros, committed, cost)
+    if command.type == "ReassignTask":
+        hold = state.tasks.get(data["task_id"])
+        if hold is not None and not hold.slot and state.concurrent_tasks + 1 > limits.max_concurrent_tasks:
+            return QuotaExceeded("max_concurrent_tasks", limits.max_concurrent_tasks, state.concurrent_tasks)
+    return None
+
+
+def _roll(state: QuotaState, at_ms: int) -> dict[str, Any]:
+    """Updates that move the row's clock to ``at_ms`` (later only) and start a new month's spend."""
+    update: dict[str, Any] = {}
+    at_ms = max(at_ms, state.last_at_ms)
+    month = month_of(at_ms)
+    if month > state.month:
+        update.update(month=month, spent_micros=0)
+    if at_ms != state.last_at_ms:
+        update["last_at_ms"] = at_ms
+    return update
+
+
+def count_command(state: QuotaState, at: datetime, append_bytes: int = 0, rated: bool = True) -> QuotaState:
+    """The row with one accepted command at ``at``: counted in the rate (unless not ``rated``) and its bytes stored."""
+    update = _roll(state, to_ms(at))
+    now = update.get("last_at_ms", state.last_at_ms) // BUCKET_MS
+    rate = [(bucket, count) for bucket, count in state.rate if bucket > now - WINDOW_BUCKETS]
+    if rated:
+        if rate and rate[-1][0] == now:
+            rate[-1] = (now, rate[-1][1] + 1)
+        else:
+            rate.append((now, 1))
+    update.update(rate=rate, stored_bytes=state.stored_bytes + append_bytes)
+    return state.model_copy(update=update)
+
+
+def _with_hold(state: QuotaState, update: dict[str, Any], task_id: str, hold: TaskHold | None) -> None:
+    """Put ``hold`` (None: remove) for ``task_id`` into ``update``, keeping the slot and reservation totals."""
+    tasks = dict(update.get("tasks", state.tasks))
+    slots = update.get("slots", state.slots)
+    reserved = update.get("reserved", state.reserved)
+    old = tasks.pop(task_id, None)
+    if old is not None:
+        slots, reserved = slots - old.slot, reserved - old.reserved_micros
+    if hold is not None:
+        tasks[task_id] = hold
+        slots, reserved = slots + hold.slot, reserved + hold.reserved_micros
+    update.update(tasks=tasks, slots=slots, reserved=reserved)
+
+
+def apply(state: QuotaState, event: Event, at: datetime) -> QuotaState:
+    """The row after an accepted ``event`` that happened at ``at`` (other event types: unchanged)."""
+    data = event.data
+    kind = event.type
+    update = _roll(state, to_ms(at))
+    if kind == "TenantCreated":
+        update["plan"] = data.get("plan", "free")
+    elif kind == "TenantQuotaSet":
+        update["overrides"] = {**state.overrides, **{k: int(v) for k, v in data.items() if v is not None and k in QuotaLimits.FIELDS}}
+    elif kind == "AgentCreated":
+        update["agents"] = state.agents + 1
+    elif kind == "TaskAssigned":
+        _with_hold(state, update, data["task_id"], TaskHold(agent_id=data["agent_id"], reserved_micros=int(data.get("max_cost") or 0)))
+    elif kind == "TaskReassigned" and data["task_id"] in state.tasks:
+        moved = state.tasks[data["task_id"]].model_copy(update={"agent_id": data["agent_id"], "slot": True})
+        _with_hold(state, update, data["task_id"], moved)
+    elif kind in ("TaskCompleted", "TaskFailed"):
+        _with_hold(state, update, data["task_id"], None)
+        spent = update.get("spent_micros", state.spent_micros)
+        update["spent_micros"] = spent + micros(float(data.get("cost") or 0.0))
+    elif kind == "AgentStopped":
+        agent = data["agent_id"]
+        for task_id, hold in state.tasks.items():
+            if hold.agent_id == agent and hold.slot:
+                _with_hold(state, update, task_id, hold.model_copy(update={"slot": False}))
+    return state.model_copy(update=update) if update else state
+
+
+def accept(state: QuotaState, at: datetime, events: Iterable[Event], append_bytes: int = 0, rated: bool = True) -> QuotaState:
+    """The row after a command accepted at ``at`` that appended ``events`` (``append_bytes`` in all).
+
+    ``rated=False`` for commands outside the rate (``EXEMPT``): their bytes still count.
+    """
+    state = count_command(state, at, append_bytes, rated)
+    for event in events:
+        state = apply(state, event, at)
+    return state
+
+
+def admit(
+    command: Command, events: list[Event], state: QuotaState, limits: QuotaLimits, at: datetime, append_bytes: int = 0
+) -> QuotaExceeded | QuotaState:
+    """Check, then account: the refusal, or the row after the accepted command and its events."""
+    refused = check(command, state, limits, at, append_bytes)
+    if refused is not None:
+        return refused
+    return accept(state, at, events, append_bytes, rated=command.type not in EXEMPT)
+
+
+def roundtrip(state: QuotaState) -> QuotaState:
+    """``state`` through JSON text and back (what a changelog does to it); for tests and the shell."""
+    return load(json.loads(json.dumps(dump(state))))
