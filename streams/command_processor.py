@@ -62,9 +62,20 @@ class Outcome:
     snapshot: "Snapshot | None" = None
 
 
-def _remember(recent: list[list], command_id: str, result: CommandAccepted | CommandRejected) -> list[list]:
+def _recent(stored: Mapping[str, Any]) -> dict[str, list]:
+    """The stream's recent command ids and their first outcomes, oldest first (a JSON object;
+    rows written before it was one hold a list of pairs)."""
+    recent = stored.get("recent") or {}
+    return dict(recent) if isinstance(recent, list) else recent
+
+
+def _remember(recent: dict[str, list], command_id: str, result: CommandAccepted | CommandRejected) -> dict[str, list]:
     """The stream's recent command ids with this one added, oldest dropped past DEDUP_PER_STREAM."""
-    return [*recent, [command_id, compact_result(result)]][-DEDUP_PER_STREAM:]
+    kept = dict(recent)
+    kept[command_id] = compact_result(result)
+    while len(kept) > DEDUP_PER_STREAM:
+        del kept[next(iter(kept))]
+    return kept
 
 
 def _handled_already(last: list | None, position: tuple[str | int, int]) -> bool:
@@ -149,10 +160,10 @@ class CommandProcessor:
         if position is not None and _handled_already(stored.get("position"), position):
             return Outcome(redelivered=True)
         moved = {} if position is None else {"position": list(position)}
-        recent: list[list] = stored.get("recent", [])
-        for command_id, first in recent:
-            if command_id == meta.command_id:  # a retry: answer as the first time, change nothing
-                return Outcome(result=expand_result(first, meta.command_id, meta.tenant_id, stream_id), replayed=True)
+        recent = _recent(stored)
+        first = recent.get(meta.command_id)
+        if first is not None:  # a retry: answer as the first time, change nothing
+            return Outcome(result=expand_result(first, meta.command_id, meta.tenant_id, stream_id), replayed=True)
 
         version = stored["version"]
         state = aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
@@ -174,15 +185,15 @@ class CommandProcessor:
             return outcome
 
         appended, refs = [], []
+        occurred_at = EventMeta.time_text(now)
         for event in decision:
             version += 1
             state = aggregate.evolve(state, event)
             body, schema_headers = self.registry.encode(event.type, event.data)
-            event_meta = EventMeta(
-                event_id=self.ids(), tenant_id=meta.tenant_id, stream_id=stream_id, version=version, occurred_at=now, command_id=meta.command_id
-            )
-            appended.append(AppendedEvent(body, schema_headers + event_meta.to_headers()))
-            refs.append(EventRef(type=event.type, version=version, event_id=event_meta.event_id))
+            event_id = self.ids()
+            headers_out = EventMeta.headers_for(event_id, meta.tenant_id, stream_id, version, occurred_at, meta.command_id)
+            appended.append(AppendedEvent(body, schema_headers + headers_out))
+            refs.append(EventRef(type=event.type, version=version, event_id=event_id))
         result = CommandAccepted(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
         dumped = aggregate.dump(state)
         snapshot = None

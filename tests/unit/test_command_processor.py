@@ -177,3 +177,23 @@ def test_a_message_delivered_again_after_its_outcome_was_stored_writes_nothing(p
     # after a repartition the stream's commands come from another partition, with lower offsets
     moved = proc.process(*message("StartAgent", {"agent_id": "a1"}, cid="c4"), store.get, position=(5, 0))
     assert not moved.redelivered and moved.result is not None
+
+
+def test_the_fast_event_headers_are_the_envelope_headers():
+    from datetime import UTC, datetime
+
+    from schemas.messages import EventMeta
+
+    for moment in (datetime(2026, 11, 30, 7, 1, 2, 345678, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)):
+        model = EventMeta(event_id="e1", tenant_id="acme", stream_id="agent-a1", version=7, occurred_at=moment, command_id="c9")
+        fast = EventMeta.headers_for("e1", "acme", "agent-a1", 7, EventMeta.time_text(moment), "c9")
+        assert fast == model.to_headers()
+        assert EventMeta.from_headers(fast) == model
+
+
+def test_a_row_that_remembers_ids_as_a_list_of_pairs_still_answers_retries():
+    """Rows written before ``recent`` became a JSON object keep working."""
+    from streams.command_processor import _recent
+
+    assert _recent({"recent": [["c1", ["a"]], ["c2", ["b"]]]}) == {"c1": ["a"], "c2": ["b"]}
+    assert _recent({}) == {}
