@@ -91,7 +91,7 @@ class PartitionTable:
         self._pending.clear()
 
 
-def restore(config: dict[str, Any], topic: str, partitions: list[int], poll_s: float = 1.0, log_every_s: float = 10.0) -> dict[int, dict[str, Any]]:
+def restore(config: dict[str, Any], topic: str, partitions: list[int], poll_s: float = 0.05, log_every_s: float = 10.0) -> dict[int, dict[str, Any]]:
     """Read partitions of a changelog topic from the start to their end, ``read_committed``.
 
     The end is where librdkafka reports end-of-partition, which for a ``read_committed``
@@ -119,6 +119,7 @@ def restore(config: dict[str, Any], topic: str, partitions: list[int], poll_s: f
         started = last_note = time.monotonic()
         count = 0
         while waiting:
+            # consume() waits its whole timeout when fewer records are there: keep it short
             for message in consumer.consume(10_000, timeout=poll_s):
                 error = message.error()
                 if error is not None:
