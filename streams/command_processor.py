@@ -102,6 +102,9 @@ class CommandProcessor:
         self.max_bytes = max_bytes
         self.clock = clock
         self.ids = ids
+        # The loaded state of the rows this processor wrote last, by row identity: a row is never
+        # changed in place, so the same object means the same state (a memo, not a second store).
+        self._loaded: dict[str, tuple[Mapping[str, Any], Any]] = {}
 
     def process(
         self,
@@ -166,7 +169,7 @@ class CommandProcessor:
             return Outcome(result=expand_result(first, meta.command_id, meta.tenant_id, stream_id), replayed=True)
 
         version = stored["version"]
-        state = aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
+        state = self._load(aggregate, skey, stored)
         if name == APPEND_EVENTS:
             decision = self._appended_events(aggregate, command, meta, version)
         elif meta.expected_version is not None and meta.expected_version != version:
@@ -182,6 +185,7 @@ class CommandProcessor:
         if isinstance(decision, Rejection):
             outcome = self._reject(meta, decision.code, decision.message, current_version=version)
             outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **moved}
+            self._loaded[skey] = (outcome.new_state, state)
             return outcome
 
         appended, refs = [], []
@@ -199,13 +203,18 @@ class CommandProcessor:
         snapshot = None
         if version // SNAPSHOT_EVERY > stored["version"] // SNAPSHOT_EVERY:
             snapshot = Snapshot(tenant_id=meta.tenant_id, stream_id=stream_id, aggregate=aggregate.name, version=version, state=dumped, taken_at=now)
-        return Outcome(
-            result=result,
-            events=appended,
-            state_key=skey,
-            new_state={"version": version, "state": dumped, "recent": _remember(recent, meta.command_id, result), **moved},
-            snapshot=snapshot,
-        )
+        new_state = {"version": version, "state": dumped, "recent": _remember(recent, meta.command_id, result), **moved}
+        if len(self._loaded) > 100_000:
+            self._loaded.clear()
+        self._loaded[skey] = (new_state, state)
+        return Outcome(result=result, events=appended, state_key=skey, new_state=new_state, snapshot=snapshot)
+
+    def _load(self, aggregate: Aggregate, skey: str, stored: Mapping[str, Any]) -> Any:
+        """The aggregate state of row ``stored`` (from the memo when it is the row written last)."""
+        memo = self._loaded.get(skey)
+        if memo is not None and memo[0] is stored:
+            return memo[1]
+        return aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
 
     def _appended_events(self, aggregate: Aggregate, command: Command, meta: CommandMeta, version: int) -> list[Event] | Rejection:
         """The events of an AppendEvents command, checked like any other write."""
