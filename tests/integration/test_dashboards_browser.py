@@ -176,6 +176,12 @@ def test_dashboards_show_the_cube_numbers_per_tenant(worker, applied, tmp_path: 
         status, body = _get(f"http://127.0.0.1:{port}/dashboards/mine?tenant={b}&format=json")
         assert status == 404 and "no dashboard 'mine'" in json.loads(body)["error"]
         assert _get(f"http://127.0.0.1:{port}/dashboards/nope?tenant={a}")[0] == 404
+        cli_env = {"AGENTSTREAM_SINK_PORT": str(port), "AGENTSTREAM_WEB_HOST": "127.0.0.1"}
+        listed = run_cli("dashboards", "list", "--tenant", a, "--json", env=cli_env)
+        assert listed.returncode == 0, listed.stderr
+        assert [d["id"] for d in json.loads(listed.stdout)][-1] == "mine"
+        hidden = run_cli("dashboards", "show", "mine", "--tenant", b, env=cli_env)
+        assert hidden.returncode == 2 and "no dashboard 'mine'" in hidden.stderr
         assert _get(f"http://127.0.0.1:{port}/dashboards/tasks?tenant={a}&range=forever")[0] == 400
 
         start = (now - dt.timedelta(hours=6)).replace(minute=0, second=0)
@@ -204,7 +210,7 @@ def test_dashboards_show_the_cube_numbers_per_tenant(worker, applied, tmp_path: 
             # The same numbers as `agentstream cube query` (the CLI, through the sink).
             cli = run_cli("cube", "query", "task_cube", "--measures", "cost,task_count", "--dimensions", "region", "--tenant", a,
                           "--from", window[0], "--to", window[1], "--granularity", "hour", "--format", "csv",
-                          env={"AGENTSTREAM_SINK_PORT": str(port), "AGENTSTREAM_WEB_HOST": "127.0.0.1"})
+                          env=cli_env)
             assert cli.returncode == 0, cli.stderr
             from_cli = pd.read_csv(io.StringIO(cli.stdout))
             driver.get(f"http://127.0.0.1:{port}/dashboards/cost?tenant={a}&from={window[0]}&to={window[1]}".replace("+", "%2B"))

@@ -189,3 +189,37 @@ def test_pages_escape_what_people_typed():
 def test_the_plotly_bundle_ships_in_the_package():
     bundle = plotly_bundle()
     assert bundle.stat().st_size > 1_000_000 and b"plotly" in bundle.read_bytes()[:2000].lower()
+
+
+# ------------------------------------------------------------------ Grafana
+
+
+def test_grafana_panels_run_the_cube_sql():
+    import re
+
+    from sinks.cube_query import build_query
+    from sinks.grafana import GrafanaExportError, provisioning
+
+    topology = load_topology(REPO_ROOT / "topology.yaml")
+    cubes = {c.name: c for c in topology.cubes}
+    spec = parse_dashboard({"id": "d", "name": "D", "widgets": [
+        {**WIDGET, "type": "table", "measures": ["cost", "task_count"], "dimensions": ["region"], "filters": {"agent_type": ["llm", "it's"]}},
+        {**WIDGET, "id": "t", "type": "chart", "dimensions": ["time"], "granularity": "minute"},
+    ]})
+    files = provisioning(spec, cubes, "acme")
+    assert sorted(files) == ["dashboards/agentstream-d-acme.json", "dashboards/agentstream.yaml", "datasources/agentstream.yaml"]
+    model = json.loads(files["dashboards/agentstream-d-acme.json"])
+    assert [p["type"] for p in model["panels"]] == ["table", "timeseries"]
+    for panel, widget in zip(model["panels"], spec.widgets):
+        raw = panel["targets"][0]["rawSql"]
+        start = dt.datetime(1970, 1, 2, tzinfo=dt.timezone.utc)
+        step = dt.timedelta(hours=1) if widget.granularity == "hour" else dt.timedelta(minutes=1)
+        built = build_query(cubes["task_cube"], widget.measures, widget.dimensions, widget.filters or None, (start + step, start + 2 * step), widget.granularity, "acme")
+        assert re.sub(r"\{(\w+):[^{}]+\}", lambda m: "<" + m.group(1) + ">", built.sql) == (
+            raw.replace("$__fromTime", "<t_start>").replace("$__toTime", "<t_end>").replace("'acme'", "<tenant>")
+            .replace("['llm', 'it\\'s']", "<f0>")
+        )
+        assert built.rollup == widget.granularity
+    assert "type: grafana-clickhouse-datasource" in files["datasources/agentstream.yaml"]
+    with pytest.raises(GrafanaExportError, match="no measure 'profit'"):
+        provisioning(parse_dashboard(saved(measures=["profit"])), cubes)
