@@ -88,23 +88,26 @@ def add_dashboard_routes(app: web.Application, settings: Settings, client: Clien
     bundle = plotly_bundle()
 
     def entries(tenant: str | None, role: str | None) -> list[Entry]:
+        """The catalogue; when the archive cannot be read, the defaults and a broken entry saying why."""
         saved: dict[tuple[str, str], Entry] = {}
         if tenant is not None and archive is not None:
-            with lock:
-                table, _ = read_archive(client, archive, tenant=tenant, types=list(DASHBOARD_EVENTS))
-            saved = saved_dashboards(table, registry)
+            try:
+                with lock:
+                    table, _ = read_archive(client, archive, tenant=tenant, types=list(DASHBOARD_EVENTS))
+            except DatabaseError as exc:  # the defaults still work; the saved ones say why they are missing
+                log.warning("dashboards: reading saved dashboards failed: %s", exc)
+                saved = {(tenant, "(saved)"): Entry("(saved)", "saved", None, f"saved dashboards cannot be read now: {exc}")}
+            else:
+                saved = saved_dashboards(table, registry)
         return catalogue(defaults, saved, tenant, role)
 
     async def load(request: web.Request) -> tuple[dict[str, str | None], list[Entry]] | web.Response:
         wants_json = request.query.get("format") == "json"
         try:
             params = _checked(request.query)
-            return params, await asyncio.to_thread(entries, params["tenant"], params["role"])
         except DashboardRequestError as exc:
             return _fail(400, str(exc), wants_json)
-        except DatabaseError as exc:
-            log.warning("dashboards: reading saved dashboards failed: %s", exc)
-            return _fail(500, f"saved dashboards cannot be read now: {exc}", wants_json)
+        return params, await asyncio.to_thread(entries, params["tenant"], params["role"])
 
     async def list_page(request: web.Request) -> web.Response:
         loaded = await load(request)

@@ -129,7 +129,7 @@ header{background:#1d2330;color:#fff;padding:10px 18px;display:flex;gap:18px;ali
 header a{color:#9cc3ff}header h1{font-size:18px;margin:0}
 form.range{display:flex;gap:6px;align-items:center;font-size:13px}
 main{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:14px;padding:14px}
-.widget{background:#fff;border-radius:6px;box-shadow:0 1px 3px #0002;padding:10px;min-height:120px}
+.widget{background:#fff;border-radius:6px;box-shadow:0 1px 3px #0002;padding:10px;min-height:120px;overflow:auto}
 .widget h2{font-size:14px;margin:0 0 6px}
 .widget .body{min-height:80px}.plot{height:260px}
 .metric{font-size:42px;font-weight:600;padding:20px 0}

@@ -105,7 +105,7 @@
   }
 
   const LAYOUT = { margin: { l: 50, r: 10, t: 10, b: 40 }, showlegend: true, legend: { orientation: "h" } };
-  const CONFIG = { displaylogo: false, responsive: true };
+  const CONFIG = { displaylogo: false, displayModeBar: false, responsive: true };
 
   function drawGauge(box, w, body) {
     const value = body.rows.length ? body.rows[0][body.columns.indexOf(w.measures[0])] : null;

@@ -112,3 +112,29 @@ def export(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         console.print(f"wrote {path}")
+
+
+@dashboards_cli.command()
+def serve(port: int = typer.Option(6068, help="Port to serve the dashboards and the cube API on (AGENTSTREAM_WEB_HOST)."),) -> None:
+    """Serve the dashboards (and the query API they use) from this process, against a ClickHouse server.
+
+    With embedded ClickHouse the sink owns the data and already serves them on its port.
+    """
+    import threading
+
+    from aiohttp import web
+
+    from connectors.clickhouse import clickhouse_client
+    from sinks.query_api import build_query_app
+
+    settings = get_settings()
+    if not settings.clickhouse_url.startswith(("http://", "https://")):
+        fail(f"the sink serves the dashboards of embedded ClickHouse ({settings.clickhouse_url}) at its query port "
+             f"(http://{settings.web_host}:{settings.sink_port}/dashboards); `dashboards serve` needs a ClickHouse server URL", code=2)
+    _topology()
+    try:
+        client = clickhouse_client(settings)
+    except Exception as exc:
+        fail(f"cannot reach the ClickHouse server: {exc}", code=3)
+    console.print(f"dashboards on http://{settings.web_host}:{port}/dashboards")
+    web.run_app(build_query_app(settings, client, threading.Lock()), host=settings.web_host, port=port, print=None)
