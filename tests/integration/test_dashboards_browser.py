@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+import yaml
 
 from schemas.messages import CommandAccepted, CommandRejected
 from schemas.topology import load_topology
@@ -146,10 +147,23 @@ def _check_widget(widget: dict, shown: dict, expected: pd.DataFrame) -> None:
             assert all(_close(y, v) for y, v in zip(trace["y"], expected[measure])) and len(trace["y"]) == len(expected), (wid, trace)
 
 
+def _topology_with_a_removed_cube(tmp_path: Path, source: Path) -> Path:
+    """The real topology plus a default dashboard one of whose widgets reads a cube that is not declared (any more)."""
+    data = yaml.safe_load(source.read_text())
+    data["dashboards"].append({"id": "legacy", "name": "Legacy", "widgets": [
+        {"id": "ok", "title": "Tasks", "type": "metric", "cube": "task_cube", "measures": ["task_count"]},
+        {"id": "gone", "title": "Old cube", "type": "metric", "cube": "old_cube", "measures": ["task_count"]},
+    ]})
+    path = tmp_path / "topology.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def test_dashboards_show_the_cube_numbers_per_tenant(worker, applied, tmp_path: Path):
     a, b = tenant(), tenant()
     port = applied.sink_port
-    env = {"AGENTSTREAM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}"}
+    topology = _topology_with_a_removed_cube(tmp_path, applied.topology_path)
+    env = {"AGENTSTREAM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}", "AGENTSTREAM_TOPOLOGY_PATH": str(topology)}
     shots = applied.data_dir / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     sink = WorkerProcess(applied.data_dir / "logs" / f"sink-dashboards-{a}.log", env=env, args=["sink", "--max-delay", "0.3"]).start()
@@ -165,10 +179,19 @@ def test_dashboards_show_the_cube_numbers_per_tenant(worker, applied, tmp_path: 
         assert isinstance(refused, CommandRejected) and "has no measure 'profit'" in refused.message, refused
         missing = send_command(applied, "DeleteDashboard", a, {"dashboard_id": "nope"}, timeout=60)
         assert isinstance(missing, CommandRejected) and missing.code == "NotFound", missing
+        # A malformed saved dashboard (appended as a raw event: schema-valid, but a chart with no dimension).
+        malformed = {**CUSTOM, "dashboard_id": "broken", "widgets": [{**CUSTOM["widgets"][1], "dimensions": []}]}
+        appended = send_command(applied, "AppendEvents", a, {"stream_id": "dashboard-broken", "events": [
+            {"type": "DashboardSaved", "data_json": json.dumps(malformed)}]}, expected_version=0, timeout=60)
+        assert isinstance(appended, CommandAccepted), appended
 
         names = f"'{a}','{b}'"
         _until(lambda: _sql(port, f"SELECT count() FROM agentstream.task_facts WHERE tenant IN ({names})")[0][0] == TASKS, 180, "the facts", sink)
-        _until(lambda: b"mine" in _get(f"http://127.0.0.1:{port}/dashboards?tenant={a}&format=json")[1], 60, "the saved dashboard", sink)
+        _until(lambda: b"broken" in _get(f"http://127.0.0.1:{port}/dashboards?tenant={a}&format=json")[1], 60, "the saved dashboards", sink)
+        listed = {d["id"]: d for d in json.loads(_get(f"http://127.0.0.1:{port}/dashboards?tenant={a}&format=json")[1])["dashboards"]}
+        assert "a chart needs a dimension" in listed["broken"]["error"] and "error" not in listed["mine"]
+        status, body = _get(f"http://127.0.0.1:{port}/dashboards/broken?tenant={a}")
+        assert status == 422 and b"a chart needs a dimension" in body
 
         # Isolation: B lists no dashboard of A, and cannot open it.
         status, body = _get(f"http://127.0.0.1:{port}/dashboards?tenant={b}&format=json")
@@ -179,7 +202,7 @@ def test_dashboards_show_the_cube_numbers_per_tenant(worker, applied, tmp_path: 
         cli_env = {"AGENTSTREAM_SINK_PORT": str(port), "AGENTSTREAM_WEB_HOST": "127.0.0.1"}
         listed = run_cli("dashboards", "list", "--tenant", a, "--json", env=cli_env)
         assert listed.returncode == 0, listed.stderr
-        assert [d["id"] for d in json.loads(listed.stdout)][-1] == "mine"
+        assert "mine" in [d["id"] for d in json.loads(listed.stdout)]
         hidden = run_cli("dashboards", "show", "mine", "--tenant", b, env=cli_env)
         assert hidden.returncode == 2 and "no dashboard 'mine'" in hidden.stderr
         assert _get(f"http://127.0.0.1:{port}/dashboards/tasks?tenant={a}&range=forever")[0] == 400
@@ -187,7 +210,7 @@ def test_dashboards_show_the_cube_numbers_per_tenant(worker, applied, tmp_path: 
         start = (now - dt.timedelta(hours=6)).replace(minute=0, second=0)
         window = (start.isoformat(), (now.replace(minute=0, second=0) + dt.timedelta(hours=1)).isoformat())
         queries = QueryClient(applied.model_copy(update={"web_host": "127.0.0.1"}))
-        defaults = load_topology(applied.topology_path).dashboards
+        defaults = [d for d in load_topology(topology).dashboards if d.id != "legacy"]
         pages = [(d.id, [w.model_dump() for w in d.widgets], t) for d in defaults for t in (a, b)] + [("mine", CUSTOM["widgets"], a)]
         began = time.monotonic()
         with chromium() as driver:
@@ -221,6 +244,15 @@ def test_dashboards_show_the_cube_numbers_per_tenant(worker, applied, tmp_path: 
             assert [r[1] for r in table["rows"]] == pytest.approx(list(from_cli["cost"]), rel=1e-9)
             assert [r[2] for r in table["rows"]] == list(from_cli["task_count"])
             assert not console_errors(driver)
+
+            # A widget whose cube was removed says so; the rest of the page draws.
+            driver.get(f"http://127.0.0.1:{port}/dashboards/legacy?tenant={a}")
+            _until(lambda: driver.execute_script("return window.dashboardTimings.allDrawn !== null"), 30, "the legacy dashboard", sink)
+            legacy = driver.execute_script(READ_WIDGETS)
+            driver.save_screenshot(str(shots / f"legacy-{a}.png"))
+            assert legacy["ok"]["status"] == "drawn" and legacy["gone"]["status"] == "error", legacy
+            assert "no cube named 'old_cube'" in legacy["gone"]["text"], legacy["gone"]
+            console_errors(driver)  # the 404 of the removed cube's query is expected here
 
             # The sink goes away: a widget says so in place, the page stays.
             driver.get(f"http://127.0.0.1:{port}/dashboards/mine?tenant={a}")
