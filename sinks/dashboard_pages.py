@@ -16,6 +16,7 @@ lists and queries; like the rest of the query API it does not authenticate (bind
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import threading
 from typing import Any
@@ -70,8 +71,6 @@ def _checked(query: Any) -> dict[str, str | None]:
             raise DashboardRequestError(str(exc)) from None
     for name in ("from", "to"):
         if values[name]:
-            import datetime as dt
-
             try:
                 dt.datetime.fromisoformat(values[name].replace("Z", "+00:00"))
             except ValueError:

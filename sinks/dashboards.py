@@ -17,10 +17,12 @@ page needs no network beyond the sink.
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+from urllib.parse import urlencode
 
 import pyarrow as pa
 
@@ -152,8 +154,6 @@ def _page(title: str, body: str, scripts: Sequence[str] = ()) -> str:
 
 
 def _query(tenant: str | None, role: str | None, **extra: str | None) -> str:
-    from urllib.parse import urlencode
-
     params = {k: v for k, v in {"tenant": tenant, "role": role, **extra}.items() if v}
     return f"?{urlencode(params)}" if params else ""
 
@@ -221,8 +221,6 @@ def render_error(status: int, message: str) -> str:
 
 def plotly_bundle() -> Path:
     """The ``plotly.min.js`` shipped inside the installed ``plotly`` package (FileNotFoundError if absent)."""
-    import importlib.util
-
     found = importlib.util.find_spec("plotly")
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError("the plotly package is not installed (pip install plotly)")
