@@ -68,8 +68,8 @@ from aiohttp import web
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from sinks.dashboard_pages import add_dashboard_routes
 from sinks.cube_query import GRANULARITIES, Cube, CubeQueryError, build_query
+from sinks.dashboard_pages import add_dashboard_routes
 from sinks.events_archive import archive_table, parse_positions, positions_header, read_archive
 from schemas.exports import DueExport, ExportSpec, due_exports
 from schemas.settings import Settings

@@ -1,4 +1,9 @@
-"""The pure core: aggregates (deciders) and the vocabulary they share. No I/O."""
+"""The pure core: aggregates (deciders) and the vocabulary they share. No I/O.
+
+One edge lives here: the Dashboard aggregate is registered with ``topology_cubes``, which reads
+the cube declarations of the process's ``topology.yaml`` once, on the first dashboard decision
+(the decider itself only receives them).
+"""
 
 from typing import Any, Mapping
 
