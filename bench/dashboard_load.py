@@ -17,7 +17,7 @@ the start of navigation until the last widget has drawn. The share spent in quer
 summed over the widgets of all timed loads (query = fetch + JSON parse of the cube API answer,
 drawing = DOM/Plotly until the widget is on screen); widgets load in parallel, so the two
 shares are of widget work, and "page" is what happens before the first widget starts (HTML,
-parsing plotly.min.js, ~3.5 MB).
+parsing plotly.min.js, 4.8 MB).
 
 Prints a table and, last, one line of JSON. Target: p95 < 1 s at 10M facts.
 """
