@@ -10,7 +10,7 @@ EVENTS = "events.platform"
 RESULTS = "results.commands"
 DEADLETTER = "deadletter.commands"
 FACTS = "facts.tasks"
-SNAPSHOTS = {"agent": "snapshots.agent", "task": "snapshots.task", "tenant": "snapshots.tenant"}
+SNAPSHOTS = {"agent": "snapshots.agent", "task": "snapshots.task", "tenant": "snapshots.tenant", "dashboard": "snapshots.dashboard"}
 
 #: Every topic named above.
 ALL = (COMMANDS, EVENTS, RESULTS, DEADLETTER, FACTS, *SNAPSHOTS.values())

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar, Iterable, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.dashboards import DashboardSpec, check_dashboards
 from schemas.exports import ExportSpec
 
 
@@ -194,6 +196,7 @@ class Topology(_Spec):
     cubes: list[CubeSpec] = Field(default_factory=list)
     exports: list[ExportSpec] = Field(default_factory=list, description="scheduled exports (schemas/exports.py)")
     quotas: QuotaPlans | None = Field(default=None, description="default tenant limits per plan (streams/domain/quotas.py)")
+    dashboards: list[DashboardSpec] = Field(default_factory=list, description="default dashboards every tenant gets (schemas/dashboards.py)")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Topology":
@@ -251,6 +254,12 @@ def load_topology(path: Path) -> Topology:
         raise TopologyError(f"{path}: " + "; ".join(lines)) from exc
 
 
+@lru_cache(maxsize=8)
+def declared_cubes(path: Path) -> dict[str, CubeSpec]:
+    """The cubes of the topology file at ``path`` by name, read once per path (TopologyError if unreadable)."""
+    return {cube.name: cube for cube in load_topology(path).cubes}
+
+
 # --- validation against the code -------------------------------------------------------
 
 
@@ -280,11 +289,14 @@ def validate(topology: Topology, code: CodeView) -> list[Problem]:
 
     Checks: every topic the code names is declared; each topic's schemas exist; each declared agent exists in the code with the same
     inputs and each code agent is declared; each declared table exists and has as many
-    partitions as the stream that updates it (co-partitioning).
+    partitions as the stream that updates it (co-partitioning); each dashboard widget names a
+    measure, dimension and granularity its cube has.
     """
     problems: list[Problem] = []
     declared_topics = {t.name for t in topology.topics}
     problems += [Problem(f"topic {name}", "the code uses it but the topology does not declare it") for name in sorted(code.topics - declared_topics)]
+    cubes = {c.name: c for c in topology.cubes}
+    problems += [Problem("dashboards", message) for message in check_dashboards(topology.dashboards, cubes)]
     for topic in topology.topics:
         problems += [Problem(f"topic {topic.name}", f"schema '{s}' does not exist in schemas/") for s in topic.schemas if s not in code.schemas]
     declared = {a.name for a in topology.agents}

@@ -69,6 +69,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from sinks.cube_query import GRANULARITIES, Cube, CubeQueryError, build_query
+from sinks.dashboard_pages import add_dashboard_routes
 from sinks.events_archive import archive_table, parse_positions, positions_header, read_archive
 from schemas.exports import DueExport, ExportSpec, due_exports
 from schemas.settings import Settings
@@ -756,6 +757,7 @@ def build_query_app(settings: Settings, client: Client, lock: threading.Lock) ->
     app.router.add_get("/cubes", list_cubes)
     app.router.add_get("/cubes/{name}", query_cube)
     app.router.add_post("/sql", query_sql)
+    add_dashboard_routes(app, settings, client, lock)  # /dashboards pages (sinks/dashboard_pages.py)
     return app
 
 

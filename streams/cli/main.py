@@ -9,6 +9,7 @@ from rich.table import Table
 
 from streams.cli.analytics_commands import cube_cli, export_cli, sql
 from streams.cli.console import console, fail
+from streams.cli.dashboard_commands import dashboards_cli
 from streams.cli.demo import demo
 from streams.cli.dev_commands import dev
 from streams.cli.event_commands import events_cli
@@ -31,6 +32,7 @@ cli.add_typer(events_cli, name="events")
 cli.command()(demo)
 cli.add_typer(cube_cli, name="cube")
 cli.add_typer(export_cli, name="export")
+cli.add_typer(dashboards_cli, name="dashboards")
 cli.command()(sql)
 
 

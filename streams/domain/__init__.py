@@ -1,12 +1,31 @@
-"""The pure core: aggregates (deciders) and the vocabulary they share. No I/O."""
+"""The pure core: aggregates (deciders) and the vocabulary they share. No I/O.
 
+One edge lives here: the Dashboard aggregate is registered with ``topology_cubes``, which reads
+the cube declarations of the process's ``topology.yaml`` once, on the first dashboard decision
+(the decider itself only receives them).
+"""
+
+from typing import Any, Mapping
+
+from schemas.settings import get_settings
+from schemas.topology import declared_cubes
 from streams.domain.agents import AGENT
 from streams.domain.core import Aggregate, Command, Event, Rejection, RejectionCode, replay
+from streams.domain.dashboards import dashboard_aggregate
 from streams.domain.tasks import TASK
 from streams.domain.tenants import TENANT
 
+
+def topology_cubes() -> Mapping[str, Any]:
+    """The cubes of the process's topology (``settings.topology_path``), read once: what
+    ``SaveDashboard`` is checked against. The only edge here; the deciders stay pure."""
+    return declared_cubes(get_settings().topology_path)
+
+
+DASHBOARD = dashboard_aggregate(topology_cubes)
+
 #: Every aggregate the command handler knows.
-AGGREGATES: tuple[Aggregate, ...] = (AGENT, TENANT, TASK)
+AGGREGATES: tuple[Aggregate, ...] = (AGENT, TENANT, TASK, DASHBOARD)
 
 
 def aggregate_for(command_type: str) -> Aggregate | None:
@@ -34,4 +53,4 @@ def aggregate_for_stream(stream_id: str) -> Aggregate | None:
     return None
 
 
-__all__ = ["AGENT", "AGGREGATES", "TASK", "TENANT", "Aggregate", "Command", "Event", "Rejection", "RejectionCode", "aggregate_for", "aggregate_for_stream", "replay"]
+__all__ = ["AGENT", "AGGREGATES", "DASHBOARD", "TASK", "TENANT", "Aggregate", "Command", "Event", "Rejection", "RejectionCode", "aggregate_for", "aggregate_for_stream", "replay"]
