@@ -57,11 +57,14 @@ def show(file: Path | None = FileOption) -> None:
 
 @topology_cli.command()
 def validate(file: Path | None = FileOption) -> None:
-    """Check the file against the code: schemas exist, agents match both ways, tables co-partitioned."""
+    """Check the file against the code: schemas exist, agents match both ways, tables co-partitioned, drift detectors known to river."""
+    from dataclasses import replace
+
     topology = _load(file)
+    from streams.drift.catalog import check
     from streams.worker import code_view
 
-    problems = validate_topology(topology, code_view())
+    problems = validate_topology(topology, replace(code_view(), drift_checker=check))
     for problem in problems:
         console.print(f"[red]✗[/] {problem}", highlight=False)
     if problems:
