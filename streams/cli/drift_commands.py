@@ -1,6 +1,7 @@
-"""``agentstream drift replay|evaluate``: backtest the declared (or given) detectors on a file, without Kafka.
+"""``agentstream drift replay|evaluate|list|status``: backtest detectors on a file; read the alerts.
 
-Both read one column of a CSV or Parquet file in row order and run it through ``DriftMonitor``,
+``list`` and ``status`` read the alerts table that the sink fills from ``alerts.drift``
+(``sinks.drift_alerts``). ``replay`` and ``evaluate`` read one column of a CSV or Parquet file in row order and run it through ``DriftMonitor``,
 the code path of the worker: each row becomes a task fact of one key, so transforms, warm-up,
 the re-arm rule and the bad-value reasons are the worker's. Alerts are printed with the 0-based
 row index that raised them; ``evaluate`` adds delay, false alarms, precision and recall against
@@ -194,3 +195,68 @@ def evaluate(
         f"({result.false_alarms_per_100k:.2f} per 100,000 values), median delay {result.median_delay}, precision {precision}, recall {recall}",
         highlight=False,
     )
+
+
+def _show(table: Any, as_json: bool, title: str) -> None:
+    """A query result as a JSON array of objects (one per row) or a rich table."""
+    from sinks.query_api import table_json
+    from streams.cli.analytics_commands import _emit
+
+    if as_json:
+        data = table_json(table)
+        typer.echo(json.dumps([dict(zip(data["columns"], row)) for row in data["rows"]]))
+    else:
+        _emit(table, "table", None, title=title)
+
+
+def _alerts_table() -> str:
+    from sinks.drift_alerts import alerts_table
+
+    try:
+        table = alerts_table(load_topology(get_settings().topology_path))
+    except (TopologyError, ValueError) as exc:
+        fail(str(exc))
+    if table is None:
+        fail("topology.yaml declares no ClickHouse sink of alerts.drift", code=2)
+    return table
+
+
+@drift_cli.command("list")
+def list_alerts(
+    tenant: str | None = typer.Option(None, "--tenant", "-t", help="Only this tenant's alerts."),
+    since: str | None = typer.Option(None, "--since", help="Only alerts whose fact is at or after this ISO time (UTC if no zone)."),
+    limit: int = typer.Option(100, "--limit", min=1, help="At most this many alerts, newest first."),
+    as_json: bool = typer.Option(False, "--json", help="JSON rows instead of a table."),
+) -> None:
+    """The newest drift and anomaly alerts, from ClickHouse (written by `agentstream sink`)."""
+    import datetime as dt
+
+    from schemas.messages import EnvelopeError, check_tenant_id
+    from sinks.drift_alerts import list_sql
+    from sinks.query_api import QueryClient
+    from streams.cli.analytics_commands import _errors
+
+    try:
+        checked = check_tenant_id(tenant) if tenant is not None else None
+        when = dt.datetime.fromisoformat(since) if since else None
+    except (EnvelopeError, ValueError) as exc:
+        fail(f"--tenant/--since: {exc}", code=2)
+    if when is not None and when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    sql = list_sql(_alerts_table(), tenant=checked, since=when, limit=limit)
+    with _errors():
+        table = QueryClient(get_settings()).sql_table(sql)
+    _show(table, as_json, "drift alerts")
+
+
+@drift_cli.command()
+def status(as_json: bool = typer.Option(False, "--json", help="JSON rows instead of a table.")) -> None:
+    """Per tenant, agent type and metric: how many alerts, the last one and its detector, from ClickHouse."""
+    from sinks.drift_alerts import status_sql
+    from sinks.query_api import QueryClient
+    from streams.cli.analytics_commands import _errors
+
+    sql = status_sql(_alerts_table())
+    with _errors():
+        table = QueryClient(get_settings()).sql_table(sql)
+    _show(table, as_json, "drift status")
