@@ -10,7 +10,8 @@ Seeded synthetic streams, a change after 3,000 stationary values (issue 10, item
 
 and long stationary streams (``--stationary`` values each, 10^6 by default) for false alarms.
 Each scenario reports the median and p90 detection delay, missed changes, false alarms per
-100,000 values and the share of runs with exactly one alert after the change. The project's
+100,000 values before the change, the share of runs with exactly one alert after the change and
+the runs with more than one (a missed change has none, so it lowers the share, not the count). The project's
 detectors run through ``DriftMonitor`` (the code path of the worker and of ``drift replay``);
 river's run on the raw values, as a user would start. Then river's annotated change-point
 series (``river.drift.datasets``) with the rule of ``streams.drift.evaluation``.
@@ -116,15 +117,18 @@ def river_alerts(cls: type, values: Iterable[float], is_binary: bool) -> list[in
 
 
 def score_runs(runs: list[list[int]], post: int) -> dict[str, object]:
-    """Delay (median, p90; a miss counts as infinite), misses, pre-change false alarms, exactly-one share."""
+    """Delay (median, p90; a miss counts as infinite), misses, pre-change false alarms, runs with
+    more than one alert after the change (a change alerted twice, or a false alarm after it)."""
     delays: list[float] = []
     false_alarms = 0
     exactly_one = 0
+    repeated = 0
     for alerts in runs:
         false_alarms += sum(a < PRE for a in alerts)
         after = [a - PRE for a in alerts if a >= PRE]
         delays.append(after[0] if after else math.inf)
         exactly_one += len(after) == 1
+        repeated += len(after) > 1
     finite = sorted(delays)
     median = statistics.median(finite)
     p90 = finite[min(len(finite) - 1, int(math.ceil(0.9 * len(finite))) - 1)]
@@ -135,6 +139,7 @@ def score_runs(runs: list[list[int]], post: int) -> dict[str, object]:
         "runs": len(runs),
         "false_alarms_per_100k_pre": round(false_alarms * 100_000 / (PRE * len(runs)), 2),
         "exactly_one_alert_share": round(exactly_one / len(runs), 3),
+        "runs_with_more_than_one_alert": repeated,
     }
 
 
@@ -212,7 +217,7 @@ def main() -> None:
         "failure_median_le_100": (scenarios["failure_5_20"]["project"]["median_delay"] or math.inf) <= 100,
         "cost_median_le_300": (scenarios["cost_1.5x"]["project"]["median_delay"] or math.inf) <= 300,
         "false_alarms_le_1_per_100k": all(row["project"] <= 1.0 for row in stationary.values()),
-        "exactly_one_alert_per_change": all(row["project"]["exactly_one_alert_share"] == 1.0 for row in scenarios.values()),
+        "never_more_than_one_alert_per_change": all(row["project"]["runs_with_more_than_one_alert"] == 0 for row in scenarios.values()),
     }
     print(json.dumps({
         "bench": "drift_quality",

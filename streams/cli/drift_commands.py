@@ -1,8 +1,9 @@
-"""``agentstream drift replay|evaluate|list|status``: backtest detectors on a file; read the alerts.
+"""``agentstream drift replay|evaluate|list|status|latest``: backtest detectors on a file; read the alerts.
 
 ``list`` and ``status`` read the alerts table that the sink fills from ``alerts.drift``
-(``sinks.drift_alerts``). ``replay`` and ``evaluate`` read one column of a CSV or Parquet file in row order and run it through ``DriftMonitor``,
-the code path of the worker: each row becomes a task fact of one key, so transforms, warm-up,
+(``sinks.drift_alerts``); ``latest`` reads the Redis read model (``streams.drift_latest``).
+``replay`` and ``evaluate`` read one column of a CSV or Parquet file in row order and run it
+through ``DriftMonitor``, the code path of the worker: each row becomes a task fact of one key, so transforms, warm-up,
 the re-arm rule and the bad-value reasons are the worker's. Alerts are printed with the 0-based
 row index that raised them; ``evaluate`` adds delay, false alarms, precision and recall against
 labelled change points (``streams.drift.evaluation``).
@@ -260,3 +261,37 @@ def status(as_json: bool = typer.Option(False, "--json", help="JSON rows instead
     with _errors():
         table = QueryClient(get_settings()).sql_table(sql)
     _show(table, as_json, "drift status")
+
+
+@drift_cli.command()
+def latest(
+    tenant: str = typer.Option(..., "--tenant", "-t", help="The tenant whose latest alerts to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (agent type -> metric -> alert)."),
+) -> None:
+    """The latest alert per agent type and metric of one tenant, from the Redis read model."""
+    from connectors.redis_store import redis_client
+    from schemas.messages import EnvelopeError, check_tenant_id
+    from streams.drift_latest import read_latest
+
+    try:
+        checked = check_tenant_id(tenant)
+    except EnvelopeError as exc:
+        fail(str(exc), code=2)
+    import redis
+
+    try:
+        state = read_latest(redis_client(get_settings()), checked)
+    except redis.RedisError as exc:
+        fail(f"Redis: {exc}", code=3)
+    if as_json:
+        typer.echo(json.dumps(state))
+        return
+    table = Table("agent type", "metric", "event time", "detector", "before", "after / score", title=f"latest drift of {checked}")
+    for agent_type, metrics in state.items():
+        for metric, alert in sorted(metrics.items()):
+            if alert.get("type") == "AnomalyDetected":
+                table.add_row(agent_type, metric, str(alert.get("event_time")), alert["detector"], "", f"score {alert['score']:.3f}")
+            else:
+                b, a = alert["before"], alert["after"]
+                table.add_row(agent_type, metric, str(alert.get("event_time")), alert["detector"], f"{_fmt(b['mean'])} (n={b['count']})", f"{_fmt(a['mean'])} (n={a['count']})")
+    console.print(table)
