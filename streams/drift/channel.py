@@ -13,11 +13,14 @@ statistic), and the means and counts on each side are reported in the metric's o
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from river import stats
+from river.anomaly import HalfSpaceTrees
+from river.tree.padded import make_padded_tree
 
 from schemas.topology import AnomalySpec, DriftMetricSpec
 from streams.drift.catalog import BINARY, build
@@ -28,30 +31,41 @@ SUMMARY_BUFFER = 256
 TRANSFORMS: dict[str, Callable[[float], float]] = {"none": float, "log": math.log, "log1p": math.log1p}
 
 
-def clean(value: Any, transform: str) -> tuple[float, None] | tuple[None, str]:
-    """``(transformed value, None)`` or ``(None, reason)`` for a value the detector must not see.
+def number(value: Any) -> float | str:
+    """``value`` as a finite float, or the reason it is not one: ``missing``, ``not a number``, ``non-finite``.
 
-    Reasons: ``missing``, ``not a number``, ``non-finite``, ``not positive (log)``,
-    ``not above -1 (log1p)``.
+    Returns a str for a reason so the hot path allocates no tuple per value.
     """
-    if value is None:
-        return None, "missing"
-    if isinstance(value, bool):
-        value = float(value)
-    elif not isinstance(value, (int, float)):
-        return None, "not a number"
-    x = float(value)
-    if not math.isfinite(x):
-        return None, "non-finite"
-    if transform == "log":
-        if x <= 0.0:
-            return None, "not positive (log)"
-        return math.log(x), None
+    kind = type(value)
+    if kind is float or kind is int or kind is bool:
+        x = float(value)
+    elif value is None:
+        return "missing"
+    elif isinstance(value, (int, float)):  # numpy scalars and other number subclasses
+        x = float(value)
+    else:
+        return "not a number"
+    return x if x - x == 0.0 else "non-finite"  # inf - inf and nan - nan are nan
+
+
+def transformed(x: float, transform: str) -> float | str:
+    """``transform`` applied to a finite ``x``, or the reason it cannot be: ``not positive (log)``, ``not above -1 (log1p)``."""
+    if transform == "none":
+        return x
     if transform == "log1p":
-        if x <= -1.0:
-            return None, "not above -1 (log1p)"
-        return math.log1p(x), None
-    return x, None
+        return math.log1p(x) if x > -1.0 else "not above -1 (log1p)"
+    return math.log(x) if x > 0.0 else "not positive (log)"
+
+
+def clean(value: Any, transform: str) -> tuple[float, None] | tuple[None, str]:
+    """``(transformed value, None)`` or ``(None, reason)`` for a value the detector must not see (``number`` then ``transformed``)."""
+    x = number(value)
+    if isinstance(x, str):
+        return None, x
+    y = transformed(x, transform)
+    if isinstance(y, str):
+        return None, y
+    return y, None
 
 
 @dataclass(frozen=True)
@@ -163,16 +177,61 @@ class MetricChannel:
 
 
 class AnomalyChannel:
-    """The anomaly detector of one key: scores each task's feature vector, then learns from it."""
+    """The anomaly detector of one key: scores each task's feature vector, then learns from it.
+
+    Pickled compactly when the declaration seeds the model: a seeded HalfSpaceTrees grows the same
+    trees again, so only the node masses and the window counter are kept (a few kB, dumped ~50x
+    faster than pickling the node objects); an unseeded model is pickled whole. The state bytes
+    carry river's version (``streams.drift.state``), which is what makes relying on the model's
+    internals safe: another river version resets the key instead of reading them.
+    """
 
     __slots__ = ("spec", "model", "seen", "cooldown_left")
 
     def __init__(self, spec: AnomalySpec) -> None:
         self.spec = spec
-        limits = {f.metric: (f.limits[0], f.limits[1]) for f in spec.features}
-        self.model: Any = build("anomaly", spec.detector, spec.params, limits=limits)
+        self.model: Any = self._build(spec)
         self.seen = 0
         self.cooldown_left = 0
+
+    @staticmethod
+    def _build(spec: AnomalySpec) -> Any:
+        limits = {f.metric: (f.limits[0], f.limits[1]) for f in spec.features}
+        return build("anomaly", spec.detector, spec.params, limits=limits)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"spec": self.spec, "seen": self.seen, "cooldown_left": self.cooldown_left}
+        model = self.model
+        if isinstance(model, HalfSpaceTrees) and model.seed is not None and model.trees:
+            masses = array("q", [m for nodes in model._tree_nodes for node in nodes for m in (node.l_mass, node.r_mass)])
+            state["hst"] = (model.counter, model._first_window, masses.tobytes())
+        else:
+            state["model"] = model
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.spec = state["spec"]
+        self.seen = state["seen"]
+        self.cooldown_left = state["cooldown_left"]
+        if "model" in state:
+            self.model = state["model"]
+            return
+        counter, first_window, raw = state["hst"]
+        model = self._build(self.spec)
+        features = sorted(f.metric for f in self.spec.features)
+        model.trees = [
+            make_padded_tree(limits={i: model.limits[i] for i in features}, height=model.height, padding=0.15, rng=model.rng, r_mass=0, l_mass=0)
+            for _ in range(model.n_trees)
+        ]  # as HalfSpaceTrees.learn_one grows them on its first call: the same seed, the same trees
+        model._tree_nodes = [list(t.iter_dfs()) for t in model.trees]
+        masses = array("q")
+        masses.frombytes(raw)
+        it = iter(masses)
+        for nodes in model._tree_nodes:
+            for node in nodes:
+                node.l_mass, node.r_mass = next(it), next(it)
+        model.counter, model._first_window = counter, first_window
+        self.model = model
 
     def feed(self, features: dict[str, float]) -> float | None:
         """The score of ``features`` when it is an alert (at least the threshold, after warm-up, outside cool-down), else None."""

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from schemas.topology import DriftSpec
 from streams.drift.alerts import Alert, AnomalyDetected, DriftDetected
-from streams.drift.channel import AnomalyChannel, MetricChannel, clean
+from streams.drift.channel import AnomalyChannel, MetricChannel, number, transformed
 from streams.drift.state import decode, encode, fingerprint
 
 log = logging.getLogger(__name__)
@@ -32,24 +32,17 @@ ANOMALY = "anomaly"
 OUTCOMES = {"completed": 0.0, "failed": 1.0}
 
 
-def read_metric(fact: Mapping[str, Any], metric: str, transform: str) -> tuple[float, float, None] | tuple[None, None, str]:
-    """``(raw, transformed, None)`` for ``metric`` of a task fact, or ``(None, None, reason)`` when it must be skipped.
+def metric_number(fact: Mapping[str, Any], metric: str) -> float | str:
+    """The raw value of ``metric`` in a task fact as a finite float, or the reason to skip it.
 
     ``failure`` is 1.0 for a failed task and 0.0 for a completed one; any other outcome is
     skipped as ``unknown outcome``.
     """
     value = fact.get(FACT_FIELDS[metric])
     if metric == "failure" and value is not None:
-        if value not in OUTCOMES:
-            return None, None, "unknown outcome"
-        value = OUTCOMES[value]
-    raw, reason = clean(value, "none")
-    if raw is None:
-        return None, None, reason
-    y, reason = clean(raw, transform)
-    if y is None:
-        return None, None, reason
-    return raw, y, None
+        outcome = OUTCOMES.get(value) if isinstance(value, str) else None
+        return "unknown outcome" if outcome is None else outcome
+    return number(value)
 
 
 def state_key(tenant: str, agent_type: str, metric: str) -> str:
@@ -67,8 +60,14 @@ class DriftMonitor:
         self._params = {m.metric: fp for _, m, fp in self._metrics}
         if spec.anomaly is not None:
             self._params[ANOMALY] = fingerprint(spec.anomaly)
-        self._channels: dict[str, Any] = {}
+        #: Every metric a fact is read for (the detectors' and the anomaly features').
+        self._read = list(dict.fromkeys([m.metric for m in spec.metrics] + [f.metric for f in (spec.anomaly.features if spec.anomaly else [])]))
+        self._channels: dict[str, Any] = {}  # state key -> channel: the truth
+        #: (tenant, agent_type) -> channels in the order of ``_metrics``, anomaly last (None until
+        #: first fed): a cache of ``_channels`` for the hot path, dropped when a key is loaded or evicted.
+        self._groups: dict[tuple[str, str], list[Any]] = {}
         self._dirty: set[str] = set()
+        self._dirty_groups: set[tuple[str, str]] = set()
         #: (metric or "fact", reason) -> how many values were skipped for it.
         self.skipped: Counter[tuple[str, str]] = Counter()
         #: values fed to a detector, per metric (and "anomaly" for vectors scored).
@@ -82,18 +81,24 @@ class DriftMonitor:
         if not isinstance(tenant, str) or not tenant or not isinstance(agent_type, str) or not agent_type:
             self.skipped[("fact", "missing tenant or agent_type")] += 1
             return []
+        group = self._groups.get((tenant, agent_type))
+        if group is None:
+            group = self._groups[(tenant, agent_type)] = [None] * (len(self._metrics) + 1)
+        self._dirty_groups.add((tenant, agent_type))
         alerts: list[Alert] = []
-        values: dict[str, float] = {}
+        raws = {metric: metric_number(fact, metric) for metric in self._read}
         event_time = fact.get("event_time")
-        for metric, spec, _ in self._metrics:
-            raw, y, reason = read_metric(fact, metric, spec.transform)
-            if reason is not None or raw is None or y is None:
-                self.skipped[(metric, reason or "missing")] += 1
+        fed = self.fed
+        for slot, (metric, spec, _) in enumerate(self._metrics):
+            raw = raws[metric]
+            y = raw if isinstance(raw, str) else transformed(raw, spec.transform)
+            if isinstance(y, str):
+                self.skipped[(metric, y)] += 1
                 continue
-            key = f"{tenant}/{agent_type}/{metric}"
-            channel = self._channels.get(key) or self._open(key, metric)
-            self._dirty.add(key)
-            self.fed[metric] += 1
+            channel = group[slot]
+            if channel is None:
+                channel = group[slot] = self._open(f"{tenant}/{agent_type}/{metric}", metric)
+            fed[metric] += 1
             change = channel.feed(y, raw)
             if change is not None:
                 alerts.append(DriftDetected(tenant, agent_type, metric, change.detector, change.before, change.after, event_time, partition, offset, change.index))
@@ -101,15 +106,16 @@ class DriftMonitor:
         if anomaly is not None:
             features: dict[str, float] = {}
             for feature in anomaly.features:
-                _, y, reason = read_metric(fact, feature.metric, feature.transform)
-                if reason is not None or y is None:
-                    self.skipped[(ANOMALY, f"{feature.metric}: {reason}")] += 1
+                raw = raws[feature.metric]
+                y = raw if isinstance(raw, str) else transformed(raw, feature.transform)
+                if isinstance(y, str):
+                    self.skipped[(ANOMALY, f"{feature.metric}: {y}")] += 1
                     return alerts
                 features[feature.metric] = y
-            key = f"{tenant}/{agent_type}/{ANOMALY}"
-            channel = self._channels.get(key) or self._open(key, ANOMALY)
-            self._dirty.add(key)
-            self.fed[ANOMALY] += 1
+            channel = group[-1]
+            if channel is None:
+                channel = group[-1] = self._open(f"{tenant}/{agent_type}/{ANOMALY}", ANOMALY)
+            fed[ANOMALY] += 1
             index = channel.seen
             score = channel.feed(features)
             if score is not None:
@@ -119,11 +125,14 @@ class DriftMonitor:
         return alerts
 
     def _open(self, key: str, metric: str) -> Any:
-        """The channel of ``key``: restored from its stored bytes when there are usable ones, else new."""
-        stored = self.restore(key) if self.restore is not None else None
-        if stored is None or not self.load_state(key, stored):
-            self._channels[key] = self._new(metric)
-        return self._channels[key]
+        """The channel of ``key``: the one held, else restored from its stored bytes when they are usable, else new."""
+        channel = self._channels.get(key)
+        if channel is None:
+            stored = self.restore(key) if self.restore is not None else None
+            if stored is None or not self._load(key, stored):
+                self._channels[key] = self._new(metric)
+            channel = self._channels[key]
+        return channel
 
     def _new(self, metric: str) -> Any:
         if metric == ANOMALY:
@@ -138,8 +147,16 @@ class DriftMonitor:
         return list(self._channels)
 
     def take_dirty(self) -> set[str]:
-        """The keys changed since the last call (their state must be written), and forget them."""
+        """The keys whose state may have changed since the last call (write them), and forget them.
+
+        Marked per (tenant, agent_type): every channel of a fact's group is listed, also one whose
+        value was skipped (writing unchanged state again is harmless).
+        """
         dirty, self._dirty = self._dirty, set()
+        suffixes = [m for m, _, _ in self._metrics] + ([ANOMALY] if self.spec.anomaly is not None else [])
+        for tenant, agent_type in self._dirty_groups:
+            dirty.update(key for key in (f"{tenant}/{agent_type}/{s}" for s in suffixes) if key in self._channels)
+        self._dirty_groups = set()
         return dirty
 
     def dump_state(self, key: str) -> bytes:
@@ -152,6 +169,10 @@ class DriftMonitor:
         A key whose bytes were written by another river version, another state format or other
         declared parameters is reset, as are bytes that cannot be read.
         """
+        self._groups.clear()
+        return self._load(key, data)
+
+    def _load(self, key: str, data: bytes) -> bool:
         metric = key.rsplit("/", 1)[-1]
         if metric not in self._params:
             log.warning("drift state for %s dropped: metric %r is no longer declared", key, metric)
@@ -170,3 +191,4 @@ class DriftMonitor:
         """Forget ``key``'s channel (its partition moved to another process)."""
         self._channels.pop(key, None)
         self._dirty.discard(key)
+        self._groups.clear()

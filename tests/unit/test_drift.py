@@ -275,3 +275,41 @@ def test_evaluate_scores_against_labels_and_bad_options_fail_clearly(latency_fil
     assert bad.exit_code == 2 and "unknown parameter(s) treshold" in bad.output
     assert runner.invoke(cli, ["drift", "replay", str(csv_path), "-m", "latency"]).exit_code == 2
     assert runner.invoke(cli, ["drift", "evaluate", str(csv_path), "-m", "cost", "--labels", "x,y"]).exit_code == 2
+
+
+def test_load_state_replaces_a_live_channel_and_evict_forgets_it():
+    facts = stream(random.Random(8), 600)
+    monitor = DriftMonitor(declared())
+    for f in facts[:300]:
+        monitor.observe(f)
+    key = state_key("t1", "coder", "response_time")
+    snapshot = monitor.dump_state(key)
+    for f in facts[300:]:
+        monitor.observe(f)
+    assert monitor.load_state(key, snapshot) is True
+    monitor.observe(facts[0])
+    assert monitor._channels[key].seen == 301
+    assert key in monitor.take_dirty()
+    monitor.evict(key)
+    monitor.observe(facts[0])
+    assert monitor._channels[key].seen == 1
+
+
+def test_the_anomaly_state_round_trip_scores_exactly_as_the_original():
+    facts = stream(random.Random(9), 1500)
+    monitor = DriftMonitor(declared())
+    for f in facts[:1000]:
+        monitor.observe(f)
+    key = state_key("t1", "coder", "anomaly")
+    data = monitor.dump_state(key)
+    assert len(data) < 15_000
+    copy = DriftMonitor(declared(), restore={key: data}.get)
+    original = monitor._channels[key].model
+    copy.observe(facts[1000])  # opens the channel from the bytes
+    original.learn_one({"response_time": math.log1p(facts[1000]["response_time_ms"]), "cost": math.log1p(facts[1000]["cost"])})
+    restored = copy._channels[key].model
+    for f in facts[1001:]:
+        x = {"response_time": math.log1p(f["response_time_ms"]), "cost": math.log1p(f["cost"])}
+        assert restored.score_one(x) == original.score_one(x)
+        restored.learn_one(x)
+        original.learn_one(x)
