@@ -313,3 +313,17 @@ def test_the_anomaly_state_round_trip_scores_exactly_as_the_original():
         assert restored.score_one(x) == original.score_one(x)
         restored.learn_one(x)
         original.learn_one(x)
+
+
+def test_topology_validate_and_show_name_the_drift_detectors(tmp_path: Path):
+    from streams.cli.main import cli
+
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["topology", "show", "--file", str(REAL)])
+    assert shown.exit_code == 0 and "PageHinkley" in shown.output and "HalfSpaceTrees" in shown.output
+    data = yaml.safe_load(REAL.read_text())
+    data["drift"]["metrics"][1]["detector"] = "Adwin"
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(data))
+    bad = runner.invoke(cli, ["topology", "validate", "--file", str(path)])
+    assert bad.exit_code == 1 and "drift cost: unknown detector 'Adwin' for cost; known: ADWIN, KSWIN, PageHinkley" in " ".join(bad.output.split())
