@@ -146,7 +146,8 @@ class DriftMetricSpec(_Spec):
     which every later value is centred and divided, so thresholds are in units of the metric's own
     spread. Re-arm rule: after an alert the key's detector and
     scale restart from nothing and no alert is raised for the next ``cooldown`` values of that key,
-    so one change gives one alert.
+    so one change gives one alert; a change that starts within those values is taken as part of
+    the same episode (the detector learns it without an alert).
     """
 
     metric: Literal["response_time", "cost", "failure"]

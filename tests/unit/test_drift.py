@@ -327,3 +327,24 @@ def test_topology_validate_and_show_name_the_drift_detectors(tmp_path: Path):
     path.write_text(yaml.safe_dump(data))
     bad = runner.invoke(cli, ["topology", "validate", "--file", str(path)])
     assert bad.exit_code == 1 and "drift cost: unknown detector 'Adwin' for cost; known: ADWIN, KSWIN, PageHinkley" in " ".join(bad.output.split())
+
+
+def test_a_batch_redone_after_a_crash_gives_the_same_alerts_and_states():
+    from streams.drift.batch import detect
+
+    facts = stream(random.Random(13), 4000, slow_from=3500)
+    records = [(3, i, f) for i, f in enumerate(facts)]
+    table: dict[str, bytes] = {}
+    first = DriftMonitor(declared(), restore=table.get)
+    table.update(detect(first, records[:3000]).states)  # committed
+    aborted = detect(first, [*records[3000:], (3, 4000, "not a fact")])  # the process dies before its commit
+    assert [json.loads(v)["metric"] for _, v in aborted.alerts] == ["response_time"] and aborted.alerts[0][0] == b"t1"
+    redone = detect(DriftMonitor(declared(), restore=table.get), [*records[3000:], (3, 4000, "not a fact")])
+    assert redone.alerts == aborted.alerts
+    assert redone.states.keys() == aborted.states.keys()
+    # Pickles of equal states may differ in bytes (memo layout); what counts is what they do next.
+    # then, after the cool-down, another doubling
+    more = [(3, 5000 + i, {**f, "response_time_ms": (2 if i >= 1000 else 1) * f["response_time_ms"]}) for i, f in enumerate(stream(random.Random(14), 3000, slow_from=0))]
+    after_aborted = detect(DriftMonitor(declared(), restore=aborted.states.get), more)
+    after_redone = detect(DriftMonitor(declared(), restore=redone.states.get), more)
+    assert after_redone.alerts == after_aborted.alerts and after_aborted.alerts
