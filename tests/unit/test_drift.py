@@ -17,7 +17,7 @@ from river import drift as river_drift
 from typer.testing import CliRunner
 
 from schemas.settings import REPO_ROOT
-from schemas.topology import DriftMetricSpec, DriftSpec, TopologyError, load_topology, validate
+from schemas.topology import DriftSpec, TopologyError, load_topology, validate
 from streams.drift import DriftDetected, DriftMonitor, state_key
 from streams.drift.catalog import DetectorConfigError, build, check
 from streams.drift.evaluation import evaluate
