@@ -12,6 +12,7 @@ from streams.cli.console import console, fail
 from streams.cli.dashboard_commands import dashboards_cli
 from streams.cli.demo import demo
 from streams.cli.dev_commands import dev
+from streams.cli.drift_commands import drift_cli
 from streams.cli.event_commands import events_cli
 from streams.cli.projection_commands import agents_cli, projections_cli
 from streams.cli.schema_commands import schemas_cli
@@ -33,6 +34,7 @@ cli.command()(demo)
 cli.add_typer(cube_cli, name="cube")
 cli.add_typer(export_cli, name="export")
 cli.add_typer(dashboards_cli, name="dashboards")
+cli.add_typer(drift_cli, name="drift")
 cli.command()(sql)
 
 
