@@ -97,8 +97,12 @@ class CommandProcessor:
         max_bytes: int,
         clock: Callable[[], datetime] = utcnow,
         ids: Callable[[], str] = new_id,
+        declarations: Mapping[str, Any] | None = None,
     ) -> None:
+        """``declarations`` are what deciders may read beside the streams (e.g. ``{"cubes": ...}``
+        from the topology); they reach every decider in ``related``."""
         self.registry = registry
+        self.declarations = dict(declarations or {})
         self.max_bytes = max_bytes
         self.clock = clock
         self.ids = ids
@@ -177,7 +181,7 @@ class CommandProcessor:
                 RejectionCode.WRONG_EXPECTED_VERSION, f"stream '{stream_id}' is at version {version}, the command expected {meta.expected_version}"
             )
         else:
-            related = {}
+            related = dict(self.declarations)
             for label, (other, other_stream) in aggregate.related(command, state).items():
                 found = load_state(state_key(meta.tenant_id, other_stream))
                 related[label] = other.initial() if not found or found["state"] is None else other.load(found["state"])

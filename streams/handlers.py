@@ -37,7 +37,8 @@ class CommandHandler(ProcessorBase):
 
     def __init__(self, context: AgentContext) -> None:
         settings = context.settings
-        self.processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes)
+        cubes = {cube.name: cube for cube in context.topology.cubes}
+        self.processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes, declarations={"cubes": cubes})
         self.owner = KeyPartitioner(context.topology.topic(COMMANDS).partitions)
         self.max_record = settings.kafka_max_record_bytes - 16 * 1024  # room for the key and the envelope headers
 

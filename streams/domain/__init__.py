@@ -1,14 +1,9 @@
 """The pure core: aggregates (deciders) and the vocabulary they share. No I/O.
 
-One edge lives here: the Dashboard aggregate is registered with ``topology_cubes``, which reads
-the cube declarations of the process's ``topology.yaml`` once, on the first dashboard decision
-(the decider itself only receives them).
+What a decider needs beyond its stream (another stream's state, the declared cubes) comes in its
+``related`` argument, filled by the command processor.
 """
 
-from typing import Any, Mapping
-
-from schemas.settings import get_settings
-from schemas.topology import declared_cubes
 from streams.domain.agents import AGENT
 from streams.domain.core import Aggregate, Command, Event, Rejection, RejectionCode, replay
 from streams.domain.dashboards import dashboard_aggregate
@@ -16,13 +11,7 @@ from streams.domain.tasks import TASK
 from streams.domain.tenants import TENANT
 
 
-def topology_cubes() -> Mapping[str, Any]:
-    """The cubes of the process's topology (``settings.topology_path``), read once: what
-    ``SaveDashboard`` is checked against. The only edge here; the deciders stay pure."""
-    return declared_cubes(get_settings().topology_path)
-
-
-DASHBOARD = dashboard_aggregate(topology_cubes)
+DASHBOARD = dashboard_aggregate()
 
 #: Every aggregate the command handler knows.
 AGGREGATES: tuple[Aggregate, ...] = (AGENT, TENANT, TASK, DASHBOARD)

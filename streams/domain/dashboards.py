@@ -6,10 +6,9 @@ event of a stream); ``DeleteDashboard`` removes it (``DashboardDeleted``).
 
 A dashboard is only as good as its queries, so ``SaveDashboard`` is refused (ValidationFailed)
 when its shape is wrong or a widget names a cube, measure, dimension or granularity that the
-declared cubes do not have. The decider does not read ``topology.yaml``: the cubes are given to
-``dashboard_aggregate(cubes)``, a function that returns the cube declarations (name -> a
-``CubeSpec`` or ``schemas.dashboards.CubeShape``). ``streams.domain`` registers the aggregate
-with the cubes of the topology the process was started with.
+declared cubes do not have. The decider does not read ``topology.yaml``: the cube declarations
+(name -> a ``CubeSpec`` or ``schemas.dashboards.CubeShape``) come in ``related["cubes"]``, which the
+command processor fills from what the shell gave it (the topology the worker was started with).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ from schemas.dashboards import DashboardError, check_dashboard, parse_dashboard,
 from streams.domain.core import Aggregate, Command, Event, Rejection, RejectionCode
 
 #: name -> cube declaration (measures, dimensions, rollups), asked for at each decision.
-Cubes = Callable[[], Mapping[str, Any]]
 
 
 class DashboardState(BaseModel):
@@ -76,14 +74,14 @@ def evolve(state: DashboardState, event: Event) -> DashboardState:
 EVOLVE = frozenset({"DashboardSaved", "DashboardDeleted"})
 
 
-def dashboard_aggregate(cubes: Cubes) -> Aggregate[DashboardState]:
-    """The Dashboard aggregate deciding against the cube declarations ``cubes()`` returns."""
+def dashboard_aggregate() -> Aggregate[DashboardState]:
+    """The Dashboard aggregate, deciding against the cube declarations in ``related["cubes"]`` (none: every widget is refused)."""
 
     def decide(command: Command, state: DashboardState, related: Mapping[str, Any] | None = None) -> list[Event] | Rejection:
         handler = DECIDE.get(command.type)
         if handler is None:
             return Rejection(RejectionCode.UNKNOWN_COMMAND, f"the Dashboard aggregate does not handle {command.type}")
-        return handler(command, state, cubes())
+        return handler(command, state, (related or {}).get("cubes") or {})
 
     return Aggregate[DashboardState](
         name="Dashboard",

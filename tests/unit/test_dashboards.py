@@ -92,8 +92,8 @@ def test_a_relative_window_ends_at_the_end_of_the_current_bucket():
 
 
 def decide(command_type: str, data: dict, state: DashboardState | None = None):
-    aggregate = dashboard_aggregate(lambda: CUBES)
-    return aggregate.decide(Command(command_type, data, "t1"), state or aggregate.initial(), {})
+    aggregate = dashboard_aggregate()
+    return aggregate.decide(Command(command_type, data, "t1"), state or aggregate.initial(), {"cubes": CUBES})
 
 
 def test_save_then_delete():
