@@ -18,7 +18,7 @@ from schemas.messages import EventMeta
 from schemas.topology import CodeView, load_topology, validate
 from sinks.dashboards import BrokenDashboardError, UnknownDashboard, catalogue, find, plotly_bundle, render_dashboard, render_list, saved_dashboards
 from sinks.events_archive import READ_COLUMNS
-from streams.domain import DASHBOARD, Command, RejectionCode, aggregate_for, aggregate_for_stream, replay
+from streams.domain import DASHBOARD, Command, Rejection, RejectionCode, aggregate_for, aggregate_for_stream, replay
 from streams.domain.dashboards import DashboardState, dashboard_aggregate
 
 REG = default_registry()
@@ -121,8 +121,11 @@ def test_the_registered_aggregate_owns_the_dashboard_commands_and_streams():
     assert aggregate_for("SaveDashboard") is DASHBOARD and aggregate_for("DeleteDashboard") is DASHBOARD
     assert aggregate_for_stream("dashboard-ops") is DASHBOARD
     assert DASHBOARD.events == {"DashboardSaved", "DashboardDeleted"}
-    events = DASHBOARD.decide(Command("SaveDashboard", saved(), "t1"), DASHBOARD.initial(), {})  # against topology.yaml's cubes
+    cubes = {c.name: c for c in load_topology(REPO_ROOT / "topology.yaml").cubes}  # as the command handler passes them
+    events = DASHBOARD.decide(Command("SaveDashboard", saved(), "t1"), DASHBOARD.initial(), {"cubes": cubes})
     assert [e.type for e in events] == ["DashboardSaved"]
+    refused = DASHBOARD.decide(Command("SaveDashboard", saved(), "t1"), DASHBOARD.initial(), {})  # no cubes given: nothing fits
+    assert isinstance(refused, Rejection)
     assert DASHBOARD.load(json.loads(json.dumps(DASHBOARD.dump(replay(DASHBOARD, events))))).exists
 
 
