@@ -11,7 +11,9 @@ import asyncio
 
 from faust.web import Request, Response, View
 
-from sinks.query_api import QueryClient, QueryError, QueryFailed, QueryUnavailable, UnknownCube, table_json
+from sinks.query_client import QueryClient
+from sinks.query_errors import QueryError, QueryFailed, QueryUnavailable, UnknownCube
+from sinks.table_formats import table_json
 from streams.app import app, settings
 
 queries = QueryClient(settings, open_embedded=False)
