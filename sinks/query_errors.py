@@ -1,9 +1,11 @@
 """What can go wrong with a query, and the one mapping from those errors to HTTP statuses.
 
 Every query path (the sink's query API, the worker's dashboard view, ``QueryClient`` in any
-process) raises these classes; every server answers them with ``http_status(exc)`` and a JSON
-``{"error": ...}`` body, and the HTTP client turns a status back into the class with
-``error_for_status``, so a caller sees the same error whichever way its query travelled.
+process) raises these classes. A server answers them with ``http_status(exc)`` and a JSON
+``{"error": ...}`` body (the sink's ``sinks.query_server`` does; the worker's
+``streams/web_views.py`` still spells out the same statuses itself), and the HTTP client turns
+a status back into the class with ``error_for_status``, so a caller sees the same error
+whichever way its query travelled.
 
 =================  ======  ==========================================================
 class              status  meaning
