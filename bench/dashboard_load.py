@@ -4,7 +4,7 @@ Embedded ClickHouse (chdb) under a temporary directory with the declared cube (`
 database ``agentstream``) and the events archive; the facts are generated inside ClickHouse as in
 ``bench/cube_queries.py`` (100 skewed tenants, 30 days, 4 agent types, 3 regions), so the
 materialized views fill the roll-ups as sink inserts would. The sink's query app
-(``sinks.query_api.build_query_app``, dashboards included) is served on 127.0.0.1 from this
+(``sinks.query_server.build_query_app``, dashboards included) is served on 127.0.0.1 from this
 process, as the sink process serves it. Run:
 
     .venv/bin/python bench/dashboard_load.py [--facts 1000000] [--loads 50] [--tenant tenant-000]
@@ -77,7 +77,7 @@ def main() -> None:
     from schemas.topology import load_topology
     from sinks.clickhouse_schema import cube_tables, ensure_schema
     from sinks.events_archive import archive_table, ensure_archive
-    from sinks.query_api import build_query_app
+    from sinks.query_server import build_query_app
     from tests.browser import chromium, console_errors
 
     tmp = Path(tempfile.mkdtemp(prefix="agentstream-bench-dash-"))

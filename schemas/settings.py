@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # Worker
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    #: Port of the ClickHouse sink process's query API (cubes, read-only SQL; sinks/query_api.py),
+    #: Port of the ClickHouse sink process's query API (cubes, read-only SQL; sinks/query_server.py),
     #: bound to ``web_host``. The sink owns the embedded chdb path, so other processes query through it.
     sink_port: int = 6067
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"

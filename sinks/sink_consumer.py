@@ -10,7 +10,7 @@ before they are given up. While ClickHouse is down the sink waits and retries wi
 (nothing is dropped, nothing is committed); the command path does not depend on it and keeps
 running.
 
-The same process serves cube, SQL and archive queries over HTTP (``sinks.query_api``) on
+The same process serves cube, SQL and archive queries over HTTP (``sinks.query_server``) on
 ``web_host:sink_port``: with embedded ClickHouse (chdb) it is the one process that may open the
 database, so everyone else queries through it. Every use of the ClickHouse client holds one lock
 (``lock``), held per call: while the sinks wait to retry an insert, queries still run.
@@ -238,7 +238,7 @@ class SinkConsumer:
 
     async def _scheduled_exports(self, stop: asyncio.Event, every_s: float = 60.0) -> None:
         """Run the exports that topology.yaml schedules, when they are due (checked every minute)."""
-        from sinks.query_api import default_state_path, run_due_exports
+        from sinks.export_runner import default_state_path, run_due_exports
 
         while not stop.is_set():
             try:
@@ -254,7 +254,7 @@ class SinkConsumer:
     async def _serve_queries(self) -> Any:
         from aiohttp import web
 
-        from sinks.query_api import build_query_app
+        from sinks.query_server import build_query_app
 
         runner = web.AppRunner(build_query_app(self.settings, self.client, self.lock))
         await runner.setup()

@@ -20,7 +20,8 @@ from schemas.settings import get_settings
 from schemas.topology import Topology, TopologyError, load_topology
 from sinks.dashboards import DASHBOARD_EVENTS, BrokenDashboardError, Entry, UnknownDashboard, catalogue, find, saved_dashboards
 from sinks.grafana import GrafanaExportError, provisioning
-from sinks.query_api import NoArchive, QueryClient, QueryError, QueryFailed, QueryUnavailable
+from sinks.query_client import QueryClient
+from sinks.query_errors import NoArchive, QueryError, QueryFailed, QueryUnavailable
 from streams.cli.console import console, fail
 
 dashboards_cli = typer.Typer(help="List, show and export dashboards (declared in topology.yaml, or saved by a tenant).", no_args_is_help=True)
@@ -125,7 +126,7 @@ def serve(port: int = typer.Option(6068, help="Port to serve the dashboards and 
     from aiohttp import web
 
     from connectors.clickhouse import clickhouse_client
-    from sinks.query_api import build_query_app
+    from sinks.query_server import build_query_app
 
     settings = get_settings()
     if not settings.clickhouse_url.startswith(("http://", "https://")):

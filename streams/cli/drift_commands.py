@@ -200,7 +200,7 @@ def evaluate(
 
 def _show(table: Any, as_json: bool, title: str) -> None:
     """A query result as a JSON array of objects (one per row) or a rich table."""
-    from sinks.query_api import table_json
+    from sinks.table_formats import table_json
     from streams.cli.analytics_commands import _emit
 
     if as_json:
@@ -234,7 +234,7 @@ def list_alerts(
 
     from schemas.messages import EnvelopeError, check_tenant_id
     from sinks.drift_alerts import list_sql
-    from sinks.query_api import QueryClient
+    from sinks.query_client import QueryClient
     from streams.cli.analytics_commands import _errors
 
     try:
@@ -254,7 +254,7 @@ def list_alerts(
 def status(as_json: bool = typer.Option(False, "--json", help="JSON rows instead of a table.")) -> None:
     """Per tenant, agent type and metric: how many alerts, the last one and its detector, from ClickHouse."""
     from sinks.drift_alerts import status_sql
-    from sinks.query_api import QueryClient
+    from sinks.query_client import QueryClient
     from streams.cli.analytics_commands import _errors
 
     sql = status_sql(_alerts_table())

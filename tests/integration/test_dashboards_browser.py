@@ -27,7 +27,7 @@ import yaml
 
 from schemas.messages import CommandAccepted, CommandRejected
 from schemas.topology import load_topology
-from sinks.query_api import QueryClient
+from sinks.query_client import QueryClient
 from streams.client import send_command
 from streams.supervisor import WorkerProcess
 from tests.browser import BrowserMissing, chromium, console_errors
