@@ -45,6 +45,10 @@ from streams.runtime.tables import PartitionTable, changelog_topic, restore
 log = logging.getLogger(__name__)
 
 
+class OversizeRow(RuntimeError):
+    """A table row larger than the broker takes: the agent must keep its rows smaller (logged, batch redone)."""
+
+
 @dataclass
 class LoopStats:
     """What a loop has done since it started (read by the status page and the demo)."""
@@ -251,6 +255,9 @@ class ExactlyOnceLoop:
             for name, table in tables.items():
                 if table.changed:
                     for key, value in table.changes():
+                        if value is not None and len(value) > limit:
+                            # A state row cannot be dead-lettered: stop this batch loudly rather than lose the change.
+                            raise OversizeRow(f"row {key.decode()!r} of table {name} is {len(value)} bytes, over the record limit of {limit}")
                         self._produce(produce, producer, self.changelogs[name], key, value, None, table.partition)
         # 3. The input offsets, fenced by the group's generation (a tick has none).
         if by_partition:
@@ -300,7 +307,9 @@ class ExactlyOnceLoop:
         fatal = isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].fatal()
         if fatal:
             raise exc  # e.g. fenced by another process with this transactional id: start a new session
-        log.warning("%s: batch of %d records aborted (%s); redoing it from its first offsets", self.agent.name, sum(map(len, by_partition.values())), exc)
+        (log.error if isinstance(exc, OversizeRow) else log.warning)(
+            "%s: batch of %d records aborted (%s); redoing it from its first offsets", self.agent.name, sum(map(len, by_partition.values())), exc
+        )
         self.stats.aborted += 1
         try:
             producer.abort_transaction(60)

@@ -62,6 +62,10 @@ class PartitionTable:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """The committed rows (not the current batch's changes), e.g. to index them on assignment."""
+        return iter(self._rows.items())
+
     def put(self, key: str, value: Any) -> None:
         """Change a row in the current batch (``None`` deletes it); the row must not be mutated afterwards."""
         self._pending[key] = _DELETED if value is None else value
