@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     saga_default_start_within_s: int = 60
     #: How long each onboarding step may take before the onboarding is undone.
     saga_onboarding_step_timeout_s: int = 60
+    #: An event older than this (by its time, when the saga shell first reads it) starts no saga:
+    #: a shell deployed onto a long history, or replaying synthetic old events, does not chase
+    #: work that is long over. 0: every start event starts a saga, however old.
+    saga_start_horizon_s: int = 3600
 
     @model_validator(mode="after")
     def _embedded_clickhouse_by_default(self) -> "Settings":

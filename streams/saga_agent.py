@@ -9,6 +9,10 @@ their deterministic ids), ``PrepareTenant``/``TeardownTenant`` to ``provisioning
 runtime commits them with the changed books and the input offsets in one transaction, so a
 step's state and its commands are never apart, and a redone batch builds the same command ids.
 
+**History.** An event older than ``saga_start_horizon_s`` when the shell reads it starts no saga
+(it still reaches the sagas that exist): a shell deployed onto years of events does not chase
+every task and tenant of the past.
+
 **Deadlines.** Deadlines are rows, not timers. The runtime calls ``tick`` every ``TICK_S`` on
 wall-clock time, records or not; ``tick`` fires the books whose earliest deadline is due (a
 per-partition index of next due times, rebuilt from the restored rows in ``assigned``, makes an
@@ -27,6 +31,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Mapping, Sequence
 
+import orjson
 from redis.exceptions import RedisError
 
 from connectors.redis_store import redis_client
@@ -56,6 +61,9 @@ log = logging.getLogger(__name__)
 
 #: How often the runtime calls ``tick`` (seconds): the most a deadline waits once due, plus a commit.
 TICK_S = 0.2
+
+#: Books with more live sagas than this are measured against the record limit (one row per tenant).
+BIG_BOOK = 1000
 
 #: The events some saga type observes, reacts to or starts from; others are not decoded.
 SAGA_EVENTS = frozenset(
@@ -98,6 +106,9 @@ class SagaShell(ProcessorBase):
         self.registry = default_registry()
         self.types = saga_types(context.settings, context.topology.quotas)
         self.redis = redis_client(context.settings)
+        self.horizon_ms = context.settings.saga_start_horizon_s * 1000
+        self.max_row_bytes = context.settings.kafka_max_record_bytes
+        self._warned: set[str] = set()
         #: partition -> tenant -> epoch ms of the book's earliest deadline
         self._due: dict[int, dict[str, int]] = {}
         self._earliest: dict[int, float] = {}
@@ -161,8 +172,19 @@ class SagaShell(ProcessorBase):
         now = time.time()
         for tenant, events in per_tenant.items():
             book = self._book(batch.partition, books, tenant)
+            if self.horizon_ms:
+                events = self._recent_starts(book, events, int(now * 1000) - self.horizon_ms)
             new, commands = handle_batch(self.types, book, events)
             self._save(batch.partition, books, tenant, book, new, commands, out, now)
+
+    def _recent_starts(self, book: SagaBook, events: list[SagaEvent], since_ms: int) -> list[SagaEvent]:
+        """``events`` without those before ``since_ms`` that would start a saga the book does not have."""
+        kept = []
+        for event in events:
+            if event.at_ms < since_ms and any((sid := t.saga_id(event)) is not None and sid not in book.sagas for t in self.types):
+                continue
+            kept.append(event)
+        return kept
 
     # --- deadlines -----------------------------------------------------------------------
     def tick(self, partition: int, tables: Mapping[str, PartitionTable], out: Outputs, now: float) -> None:
@@ -195,6 +217,11 @@ class SagaShell(ProcessorBase):
 
     def _save(self, partition: int, books: PartitionTable, tenant: str, old: SagaBook, new: SagaBook, commands: list[SagaCommand], out: Outputs, now: float) -> None:
         row = new.dump()
+        if len(new.sagas) > BIG_BOOK and tenant not in self._warned:
+            size = len(orjson.dumps(row))
+            if size > 0.8 * self.max_row_bytes:
+                self._warned.add(tenant)
+                log.error("sagas: the book of tenant %s holds %d sagas (%d bytes), near the record limit of %d", tenant, len(new.sagas), size, self.max_row_bytes)
         books.put(tenant, row)
         self._books[(partition, tenant)] = (row, new)
         due = self._due.setdefault(partition, {})

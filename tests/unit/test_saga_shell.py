@@ -65,8 +65,13 @@ class Stream:
 
 @pytest.fixture
 def shell() -> SagaShell:
-    settings = Settings(redis_url="redis://127.0.0.1:1/0", saga_max_reassignments=1, saga_backoff_s=5.0)
-    return SagaShell(AgentContext(settings, load_topology(REPO / "topology.yaml")))
+    return _shell(saga_max_reassignments=1, saga_backoff_s=5.0)
+
+
+def _shell(**settings: Any) -> SagaShell:
+    """A shell whose Redis is unreachable; the tests' clock is in the past, so no start horizon by default."""
+    values = {"redis_url": "redis://127.0.0.1:1/0", "saga_start_horizon_s": 0, **settings}
+    return SagaShell(AgentContext(Settings(**values), load_topology(REPO / "topology.yaml")))
 
 
 def _run(shell: SagaShell, tables: dict[str, PartitionTable], records: list[Record]) -> Outputs:
@@ -131,8 +136,7 @@ def test_a_new_owner_fires_what_fell_due_while_nobody_owned_the_partition(shell)
     shell.assigned([0], {0: first})
     _run(shell, first, [*_agents(s, T0), s.event("task-k1", "TaskAssigned", {"task_id": "k1", "agent_id": "a1", "task_type": "x", "input": {}, "start_within_s": 10}, T0)])
     row = json.loads(json.dumps(first["saga_books"].get("acme")))  # through the changelog
-    settings = Settings(redis_url="redis://127.0.0.1:1/0", saga_max_reassignments=0)
-    owner = SagaShell(AgentContext(settings, load_topology(REPO / "topology.yaml")))
+    owner = _shell(saga_max_reassignments=0)
     restored = {"saga_books": PartitionTable("saga_books", 0, {"acme": row})}
     owner.assigned([0], {0: restored})
     sent = _commands(_tick(owner, restored, T0 + timedelta(minutes=5)))  # long after the deadline
@@ -182,3 +186,17 @@ def test_a_reassignment_moves_the_open_task_between_agent_summaries():
         agents.update(changed)
     assert {a: (s["tasks_assigned"], s["open_tasks"], s["tasks_failed"]) for a, s in agents.items()} == {"a1": (1, 0, 0), "a2": (1, 0, 1)}
     assert "TaskReassigned" in pj.PROJECTED_EVENTS
+
+
+def test_an_old_start_event_starts_no_saga_and_a_recent_one_does():
+    shell = _shell(saga_start_horizon_s=3600)
+    tables = {"saga_books": PartitionTable("saga_books", 0)}
+    shell.assigned([0], {0: tables})
+    s = Stream()
+    long_ago = datetime.now(UTC) - timedelta(days=2)
+    _run(shell, tables, [s.event("tenant", "TenantCreated", {"name": "Acme", "region": "eu", "plan": "pro"}, long_ago)])
+    _run(shell, tables, [s.event("task-old", "TaskAssigned", {"task_id": "old", "agent_id": "a1", "task_type": "x", "input": {}}, long_ago)])
+    assert not SagaBook.load(tables["saga_books"].get("acme")).sagas
+    now = datetime.now(UTC)
+    _run(shell, tables, [s.event("task-new", "TaskAssigned", {"task_id": "new", "agent_id": "a1", "task_type": "x", "input": {}}, now)])
+    assert list(SagaBook.load(tables["saga_books"].get("acme")).sagas) == ["task:new"]
