@@ -141,7 +141,8 @@ def list_sagas(r: redis.Redis, tenant: str | None = None, state: str | None = No
 def get_saga(r: redis.Redis, saga_id: str, tenant: str | None = None) -> dict[str, Any]:
     """One saga's document; SagaNotFound, or AmbiguousSagaId when several tenants have that id and none is given."""
     if tenant is None:
-        members = (_text(m).split("|", 1) for m, _ in r.zscan_iter(ALL_KEY, match=f"*|{saga_id}", count=1000))
+        pattern = "*|" + "".join("\\" + c if c in "*?[]\\" else c for c in saga_id)  # the id taken literally
+        members = (_text(m).split("|", 1) for m, _ in r.zscan_iter(ALL_KEY, match=pattern, count=1000))
         tenants = [t for t, sid in members if sid == saga_id]
         if len(tenants) > 1:
             raise AmbiguousSagaId(f"saga {saga_id} exists in tenants {', '.join(sorted(tenants))}: give --tenant")

@@ -200,3 +200,22 @@ def test_an_old_start_event_starts_no_saga_and_a_recent_one_does():
     now = datetime.now(UTC)
     _run(shell, tables, [s.event("task-new", "TaskAssigned", {"task_id": "new", "agent_id": "a1", "task_type": "x", "input": {}}, now)])
     assert list(SagaBook.load(tables["saga_books"].get("acme")).sagas) == ["task:new"]
+
+
+def test_view_documents_show_changes_and_keep_an_ended_sagas_last_state(shell):
+    tables = {"saga_books": PartitionTable("saga_books", 0)}
+    shell.assigned([0], {0: tables})
+    s = Stream()
+    _run(shell, tables, [s.event("task-k1", "TaskAssigned", {"task_id": "k1", "agent_id": "a1", "task_type": "x", "input": {}, "start_within_s": 10}, T0)])
+    before = SagaBook.load(tables["saga_books"].get("acme"))
+    (doc,) = saga_view.documents("acme", SagaBook(), before, 1.0)
+    assert (doc["saga_id"], doc["status"], doc["terminal"], doc["attempts"]["reassignments"]) == ("task:k1", "waiting_start", False, 0)
+    assert doc["deadlines"] == [{"name": "start", "due_ms": int(T0.timestamp() * 1000) + 10_000, "attempt": 0}]
+    assert saga_view.documents("acme", before, before, 2.0) == []  # nothing changed
+    _run(shell, tables, [s.event("task-k1", "TaskCompleted", {"task_id": "k1", "agent_id": "a1", "output": {}, "cost": 0.1}, T0 + timedelta(seconds=3))])
+    after = SagaBook.load(tables["saga_books"].get("acme"))
+    (ended,) = saga_view.documents("acme", before, after, 3.0)
+    assert (ended["status"], ended["terminal"], ended["deadlines"], "_nx" in ended) == ("completed", True, [], False)
+    assert ended["history"][0][1] == "assigned to a1" and ended["history"][-1][1] == "ended: completed"
+    (restored,) = saga_view.documents("acme", SagaBook(), after, 4.0)  # a new owner knows only that it ended
+    assert restored["_nx"] and restored["status"] == "completed"
