@@ -15,8 +15,8 @@ resends are pushed past the run).
 
 Lateness of a deadline = the ``issued_at`` of its command (the shell's clock at firing) minus
 when it fell due; for a "down" deadline, minus the moment the restarted worker owned its
-partitions again (``/runtime`` shows them), and, as a second figure, minus the restarted
-process's spawn. Commands are read back ``read_committed``: also counted are missing ones
+partitions again (its books restored: the shell's log line), and, as a second figure, minus the
+restarted process's spawn. Commands are read back ``read_committed``: also counted are missing ones
 (lost deadlines) and duplicates. The last line printed is one JSON object.
 """
 
@@ -56,6 +56,17 @@ def _owned(port: int) -> bool:
         return bool(agents and agents[0]["partitions"])  # set once the partitions' books are restored
     except (OSError, ValueError, KeyError, IndexError):
         return False
+
+
+def _restored_at(log: Path, after: float) -> float | None:
+    """When the ``sagas`` agent last had its partitions' books restored (its log line), after ``after``."""
+    found = None
+    for line in log.read_text(errors="replace").splitlines():
+        if "sagas: partitions" in line and "restored" in line and line.startswith("["):
+            at = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC).timestamp()
+            if at >= after:
+                found = at
+    return found
 
 
 def _preload(settings: Any, app: str, n: int, lead_s: float) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], str], float]:
@@ -136,6 +147,7 @@ def run(settings: Any, n: int, web_port: int) -> dict[str, Any]:
         "AGENTSTREAM_WORKER_ID": f"{app}-w",
         "AGENTSTREAM_SAGA_MAX_REASSIGNMENTS": "0",
         "AGENTSTREAM_SAGA_BACKOFF_S": "300",
+        "AGENTSTREAM_LOG_LEVEL": "info",  # the restore's log line dates the new owner
     }
     lead_s = 40.0 if n <= 2000 else 60.0
     log = settings.data_dir / f"{app}.log"
@@ -162,6 +174,9 @@ def run(settings: Any, n: int, web_port: int) -> dict[str, Any]:
         time.sleep(2)
         issued, dupes = _issued(settings, app)
     worker.stop()
+    restored = _restored_at(log, spawned)
+    if restored is not None:
+        owned = restored
     live = [issued[k] - due[k] for k in issued if phase[k] == "live"]
     down_owner = [issued[k] - max(due[k], int((owned or spawned) * 1000)) for k in issued if phase[k] == "down"]
     down_spawn = [issued[k] - max(due[k], int(spawned * 1000)) for k in issued if phase[k] == "down"]
