@@ -224,18 +224,22 @@ class SagaShell(ProcessorBase):
                 log.error("sagas: the book of tenant %s holds %d sagas (%d bytes), near the record limit of %d", tenant, len(new.sagas), size, self.max_row_bytes)
         books.put(tenant, row)
         self._books[(partition, tenant)] = (row, new)
-        due = self._due.setdefault(partition, {})
-        at = next_due_ms(new)
-        if at is None:
-            due.pop(tenant, None)
-        else:
-            due[tenant] = at
-        self._earliest[partition] = min(due.values(), default=float("inf"))
+        self._index(partition, tenant, new)
         issued = datetime.fromtimestamp(now, UTC)
         for command in commands:
             topic, key, value, headers = command_record(command, issued, self.registry)
             out.send(topic, key, value, headers)
         self._views.setdefault(partition, []).append((tenant, row, saga_view.documents(tenant, old, new, now)))
+
+    def _index(self, partition: int, tenant: str, book: SagaBook) -> None:
+        """Note when ``book`` next falls due."""
+        due = self._due.setdefault(partition, {})
+        at = next_due_ms(book)
+        if at is None:
+            due.pop(tenant, None)
+        else:
+            due[tenant] = at
+        self._earliest[partition] = min(due.values(), default=float("inf"))
 
     def _flush(self, partition: int, books: PartitionTable) -> None:
         """Write the view documents of the partition's previous call if its transaction committed."""
@@ -245,6 +249,9 @@ class SagaShell(ProcessorBase):
             if books.get(tenant) is row:  # committed: the table holds the very row that call put
                 for _, _, docs in pending:
                     self._unwritten += docs
+            else:  # aborted: the due index follows the committed books again
+                for tenant in {t for t, _, _ in pending}:
+                    self._index(partition, tenant, self._book(partition, books, tenant))
             pending.clear()
         if self._unwritten:
             self._write_view(self._unwritten)

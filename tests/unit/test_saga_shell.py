@@ -219,3 +219,17 @@ def test_view_documents_show_changes_and_keep_an_ended_sagas_last_state(shell):
     assert ended["history"][0][1] == "assigned to a1" and ended["history"][-1][1] == "ended: completed"
     (restored,) = saga_view.documents("acme", SagaBook(), after, 4.0)  # a new owner knows only that it ended
     assert restored["_nx"] and restored["status"] == "completed"
+
+
+def test_after_an_aborted_tick_the_deadline_still_fires(shell):
+    tables = {"saga_books": PartitionTable("saga_books", 0)}
+    shell.assigned([0], {0: tables})
+    s = Stream()
+    _run(shell, tables, [*_agents(s, T0), s.event("task-k1", "TaskAssigned", {"task_id": "k1", "agent_id": "a1", "task_type": "x", "input": {}, "start_within_s": 10}, T0)])
+    _tick(shell, tables, T0 + timedelta(seconds=10))  # start deadline: reassignment planned at +15
+    out = Outputs()
+    shell.tick(0, tables, out, (T0 + timedelta(seconds=15)).timestamp())
+    assert [kind for _, kind, _, _ in _commands(out)] == ["ReassignTask"]
+    tables["saga_books"].abort()  # the tick's transaction failed: nothing of it happened
+    sent = _commands(_tick(shell, tables, T0 + timedelta(seconds=16)))
+    assert [(kind, meta.command_id) for _, kind, _, meta in sent] == [("ReassignTask", "saga:task:task:k1:reassign:1")]
