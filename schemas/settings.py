@@ -69,6 +69,23 @@ class Settings(BaseSettings):
     #: Commands larger than this are rejected before they reach a handler.
     max_command_bytes: int = 256 * 1024
 
+    # Sagas (streams/saga_agent.py; the rules are streams/sagas/)
+    #: Reassignments of a task nobody started before it is compensated (failed and released).
+    saga_max_reassignments: int = 3
+    #: First wait before a reassignment and before a compensation is sent again (doubles, up to 300 s).
+    saga_backoff_s: float = 5.0
+    #: Retries of a failed task (a new task ``<id>.retry<n>``), and the first wait before one.
+    saga_max_retries: int = 1
+    saga_retry_backoff_s: float = 10.0
+    #: Start time of a task whose TaskAssigned says none.
+    saga_default_start_within_s: int = 60
+    #: How long each onboarding step may take before the onboarding is undone.
+    saga_onboarding_step_timeout_s: int = 60
+    #: An event older than this (by its time, when the saga shell first reads it) starts no saga:
+    #: a shell deployed onto a long history, or replaying synthetic old events, does not chase
+    #: work that is long over. 0: every start event starts a saga, however old.
+    saga_start_horizon_s: int = 3600
+
     @model_validator(mode="after")
     def _embedded_clickhouse_by_default(self) -> "Settings":
         if not self.clickhouse_url:

@@ -15,6 +15,7 @@ from streams.cli.dev_commands import dev
 from streams.cli.drift_commands import drift_cli
 from streams.cli.event_commands import events_cli
 from streams.cli.projection_commands import agents_cli, projections_cli
+from streams.cli.saga_commands import sagas_cli
 from streams.cli.schema_commands import schemas_cli
 from streams.cli.topology_commands import topology_cli
 from schemas.settings import get_settings
@@ -30,6 +31,7 @@ cli.add_typer(topology_cli, name="topology")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(agents_cli, name="agents")
 cli.add_typer(events_cli, name="events")
+cli.add_typer(sagas_cli, name="sagas")
 cli.command()(demo)
 cli.add_typer(cube_cli, name="cube")
 cli.add_typer(export_cli, name="export")
@@ -53,7 +55,7 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 @cli.command()
 def worker(
-    agents: str = typer.Option("", "--agents", help="Comma-separated agents to run here (default: all): command_handler, facts_builder, projector."),
+    agents: str = typer.Option("", "--agents", help="Comma-separated agents to run here (default: all): command_handler, facts_builder, projector, sagas, provisioner."),
 ) -> None:
     """Start a worker running the runtime agents (another worker process joins their groups and takes partitions)."""
     from streams.worker import UnknownAgent, run, select
