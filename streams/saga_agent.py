@@ -127,7 +127,7 @@ class SagaShell(ProcessorBase):
         for partition in partitions:
             books = tables[partition][SAGA_BOOKS]
             due: dict[str, int] = {}
-            for tenant, row in books._rows.items():  # the committed rows, just restored (the table has no public iteration)
+            for tenant, row in books.items():  # the committed rows, just restored
                 book = SagaBook.load(row)
                 self._books[(partition, tenant)] = (row, book)
                 at = next_due_ms(book)
