@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from schemas import default_registry
+from schemas.wire import bind
 from streams import handlers  # noqa: F401  (registers the command handler agent)
 from streams import facts_agent  # noqa: F401  (registers the facts builder agent)
 from streams import projection_agent  # noqa: F401  (registers the projector agent)
@@ -35,6 +36,7 @@ def run() -> None:
     under ``read_committed`` hold only committed changes. Start-up takes time proportional to the
     compacted changelogs; correctness does not depend on how the last run ended.
     """
+    bind(default_registry(), settings)  # schema ids from the registry, cached before the first record
     datadir = Path(app.conf.datadir)
     shutil.rmtree(datadir, ignore_errors=True)
     datadir.mkdir(parents=True, exist_ok=True)
