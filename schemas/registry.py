@@ -11,6 +11,9 @@ not a registry call. Reading an id that is not cached asks the source once.
 Records written before the wire format (schemaless Avro, the writer's version in the
 ``agentstream.schema_version`` header) stay readable: that header marks them.
 
+Compatibility between versions is judged by the schema registry (``schemas.wire``); ``check``
+here is only an offline smoke test through fastavro's own schema resolution.
+
 Message metadata (ids, tenant, versions, timestamps) travels in Kafka headers handled
 elsewhere; the records here hold only the domain payload.
 """
@@ -66,14 +69,6 @@ _FILENAME = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>[1-9][0
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _NAMED = {"record", "error", "enum", "fixed"}
-# Avro schema resolution: writer type -> reader types it may be promoted to.
-_PROMOTIONS = {
-    "int": {"long", "float", "double"},
-    "long": {"float", "double"},
-    "float": {"double"},
-    "string": {"bytes"},
-    "bytes": {"string"},
-}
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -429,19 +424,20 @@ class SchemaRegistry:
 
     # ------------------------------------------------------------------ compatibility
     def check(self) -> list[CompatibilityProblem]:
-        """Check backward compatibility: every newer version reads data of every older version.
+        """An offline smoke check that every newer version reads data of every older version.
 
-        For each pair (older writer, newer reader) it applies the Avro schema-resolution
-        rules field by field (a reader field missing from the writer needs a default,
-        type changes must be promotions, enum symbols must exist, ...) and also encodes
-        generated sample records with the writer and reads them with the reader through
-        fastavro, validating the result with the reader's model. Empty list = compatible.
+        For each pair (older writer, newer reader) it writes sample records exercising every
+        field of the writer (unions once with values, once with nulls) and reads them as the
+        reader through fastavro's schema resolution, then validates the result with the reader's
+        model. The judge of compatibility is the schema registry (``schemas.wire.check`` and
+        every registration); this catches the common mistakes before a registry is at hand.
+        Empty list = compatible.
         """
         problems: list[CompatibilityProblem] = []
         for name, vs in self._by_name.items():
             for i, writer in enumerate(vs):
                 for reader in vs[i + 1 :]:
-                    reasons = _static_problems(writer, reader) + self._dynamic_problems(writer, reader)
+                    reasons = self._dynamic_problems(writer, reader)
                     seen: set[str] = set()
                     for reason in reasons:
                         if reason not in seen:
@@ -543,21 +539,6 @@ def _resolve(schema: Any, names: dict[str, dict], namespace: str) -> tuple[Any, 
             return schema, _namespace(schema, namespace)
         else:
             return schema, namespace
-
-
-def _type_name(schema: Any) -> str:
-    if isinstance(schema, str):
-        return schema
-    if isinstance(schema, list):
-        return "union"
-    t = schema.get("type")
-    return t if isinstance(t, str) else _type_name(t)
-
-
-def _describe(schema: Any) -> str:
-    if isinstance(schema, dict) and schema.get("type") in _NAMED:
-        return f"{schema['type']} {schema.get('name')}"
-    return _type_name(schema)
 
 
 # ====================================================================== model generation
@@ -736,80 +717,6 @@ def _header_values(headers: Any) -> dict[str, Any]:
 
 
 # ====================================================================== compatibility helpers
-def _static_problems(writer: SchemaVersion, reader: SchemaVersion) -> list[str]:
-    w_ns, r_ns = _namespace(writer.raw), _namespace(reader.raw)
-    w_names = _named_types(writer.raw, w_ns)
-    r_names = _named_types(reader.raw, r_ns)
-    problems: list[str] = []
-    _compare(writer.raw, w_names, w_ns, reader.raw, r_names, r_ns, "", problems, set())
-    return problems
-
-
-def _matches(w: Any, w_names: dict, w_ns: str, r: Any, r_names: dict, r_ns: str) -> bool:
-    found: list[str] = []
-    _compare(w, w_names, w_ns, r, r_names, r_ns, "", found, set())
-    return not found
-
-
-def _compare(
-    w: Any, w_names: dict, w_ns: str, r: Any, r_names: dict, r_ns: str,
-    path: str, problems: list[str], seen: set[tuple[str, str]],
-) -> None:
-    """Append to ``problems`` every way data of writer type ``w`` cannot be read as reader type ``r``."""
-    w, w_ns = _resolve(w, w_names, w_ns)
-    r, r_ns = _resolve(r, r_names, r_ns)
-    at = path or "<record>"
-    if isinstance(w, list):  # every writer branch must resolve
-        for branch in w:
-            if isinstance(r, list):
-                if not any(_matches(branch, w_names, w_ns, rb, r_names, r_ns) for rb in r):
-                    problems.append(f"{at}: writer union branch {_describe(_resolve(branch, w_names, w_ns)[0])} not in reader union")
-            else:
-                _compare(branch, w_names, w_ns, r, r_names, r_ns, path, problems, seen)
-        return
-    if isinstance(r, list):
-        if not any(_matches(w, w_names, w_ns, rb, r_names, r_ns) for rb in r):
-            problems.append(f"{at}: writer type {_describe(w)} matches no branch of the reader union")
-        return
-    wt, rt = _type_name(w), _type_name(r)
-    if wt != rt:
-        if rt not in _PROMOTIONS.get(wt, set()):
-            problems.append(f"{at}: type changed from {_describe(w)} to {_describe(r)} (not a promotion)")
-        return
-    if wt in ("record", "error"):
-        w_full, r_full = _fullname(w["name"], w_ns), _fullname(r["name"], r_ns)
-        if (w_full, r_full) in seen:
-            return
-        seen = seen | {(w_full, r_full)}
-        if w["name"].rsplit(".", 1)[-1] != r["name"].rsplit(".", 1)[-1] and w_full not in r.get("aliases", []):
-            problems.append(f"{at}: record name changed from {w['name']} to {r['name']}")
-            return
-        w_fields = {f["name"]: f for f in w.get("fields", [])}
-        for rf in r.get("fields", []):
-            sub = f"{path}.{rf['name']}" if path else rf["name"]
-            wf = w_fields.get(rf["name"]) or next(
-                (w_fields[a] for a in rf.get("aliases", []) if a in w_fields), None
-            )
-            if wf is None:
-                if "default" not in rf:
-                    problems.append(f"{sub}: reader field missing from writer and has no default")
-            else:
-                _compare(wf["type"], w_names, w_ns, rf["type"], r_names, r_ns, sub, problems, seen)
-    elif wt == "enum":
-        if w["name"].rsplit(".", 1)[-1] != r["name"].rsplit(".", 1)[-1]:
-            problems.append(f"{at}: enum name changed from {w['name']} to {r['name']}")
-        missing = [s for s in w["symbols"] if s not in r["symbols"]]
-        if missing and "default" not in r:
-            problems.append(f"{at}: enum symbols {missing} removed and the reader enum has no default")
-    elif wt == "fixed":
-        if w["name"].rsplit(".", 1)[-1] != r["name"].rsplit(".", 1)[-1] or w["size"] != r["size"]:
-            problems.append(f"{at}: fixed {w['name']}[{w['size']}] is not {r['name']}[{r['size']}]")
-    elif wt == "array":
-        _compare(w["items"], w_names, w_ns, r["items"], r_names, r_ns, f"{path}[]", problems, seen)
-    elif wt == "map":
-        _compare(w["values"], w_names, w_ns, r["values"], r_names, r_ns, f"{path}{{}}", problems, seen)
-
-
 def _sample(schema: Any, names: dict[str, dict], namespace: str, prefer_null: bool, stack: set[str]) -> Any:
     """A deterministic record of writer ``schema`` exercising every field (unions: first non-null branch)."""
     schema, namespace = _resolve(schema, names, namespace)
