@@ -35,7 +35,7 @@ LOG4J_CONFIG = REPO_ROOT / "dev" / "kafka" / "log4j2.yaml"
 REGISTRY_POM = REPO_ROOT / "dev" / "registry" / "pom.xml"
 REGISTRY_TARGET = REPO_ROOT / "dev" / "registry" / "target"
 #: The registry's storage topics on the local broker (like Confluent Schema Registry's ``_schemas``).
-REGISTRY_TOPICS = ("_schemas", "_schemas-snapshots")
+REGISTRY_TOPICS = ("_schemas", "_schemas-snapshots", "_schemas-events")
 
 
 class StackError(RuntimeError):
@@ -356,6 +356,7 @@ class RegistryService(_Service):
             f"-Dapicurio.kafkasql.bootstrap.servers=127.0.0.1:{self.kafka_port}",
             f"-Dapicurio.kafkasql.topic={REGISTRY_TOPICS[0]}",
             f"-Dapicurio.kafkasql.snapshots.topic={REGISTRY_TOPICS[1]}",
+            f"-Dapicurio.events.kafka.topic={REGISTRY_TOPICS[2]}",
             "-jar",
             str(runner),
         ]
