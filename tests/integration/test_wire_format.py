@@ -130,8 +130,7 @@ def test_clickhouse_reads_the_topic_with_avro_confluent_and_agrees_with_the_arch
     archive = {(row["kafka_partition"], row["kafka_offset"]): row for row in archived}
     assert all(row["schema_id"] > 0 for row in archived)
 
-    import chdb
-
+    client = clickhouse_client(applied)  # the embedded ClickHouse of this process (chdb: one path per process)
     registry = default_registry()
     for name, group in by_type.items():
         path = tmp_path / f"{name}.avroconfluent"
@@ -141,7 +140,7 @@ def test_clickhouse_reads_the_topic_with_avro_confluent_and_agrees_with_the_arch
             f"SELECT {columns} FROM file('{path}', 'AvroConfluent') "
             f"SETTINGS format_avro_schema_registry_url = '{applied.schema_registry_url}', output_format_json_quote_64bit_integers = 0, session_timezone = 'UTC'"
         )
-        rows = [json.loads(line) for line in chdb.query(sql, "JSONEachRow").bytes().decode().splitlines()]
+        rows = [json.loads(line) for line in client.raw_query(sql, fmt="JSONEachRow").decode().splitlines()]
         assert len(rows) == len(group), name
         for record, row in zip(group, rows):
             stored = json.loads(archive[(record.partition, record.offset)]["payload"])
@@ -199,15 +198,17 @@ def test_a_topic_of_old_format_events_stays_readable(applied, tmp_path: Path):
         assert decoded[2][1].duration_s == 1.5  # type: ignore[attr-defined]  (upcast)
         # The projector's decoder
         assert decode_event(registry, records[2].value, records[2].headers).data["duration_s"] == 1.5
-        # The archive keeps the bytes as written and reads them back the same way.
-        client = clickhouse_client(applied.model_copy(update={"clickhouse_url": f"chdb://{tmp_path / 'chdb'}"}))
-        ensure_archive(client, "agentstream.event_archive")
-        sink = ArchiveSink(client, "agentstream.event_archive", registry)
+        # The archive keeps the bytes as written and reads them back the same way (a table of its
+        # own in this process's embedded ClickHouse: chdb allows one path per process).
+        client = clickhouse_client(applied)
+        table = f"wire_{uuid.uuid4().hex[:8]}.event_archive"
+        ensure_archive(client, table)
+        sink = ArchiveSink(client, table, registry)
         for record in records[:3]:  # the archive holds events
             sink.add(record.partition, record.offset, record)
         sink.flush()
-        table, _ = read_archive(client, "agentstream.event_archive", tenant=t)
-        rows = table.to_pylist()
+        rows = read_archive(client, table, tenant=t)[0].to_pylist()
+        client.command(f"DROP DATABASE {table.split('.')[0]}")
         assert [(r["event_type"], r["schema_version"], r["schema_id"]) for r in rows] == [("AgentCreated", 1, 0), ("AgentStarted", 1, 0), ("TaskCompleted", 1, 0)]
         assert [r["value"] for r in rows] == [r.value for r in records[:3]]
         assert [registry.decode(r["value"], archive_headers(r)) for r in rows] == decoded[:3]
