@@ -33,7 +33,9 @@ from sinks.clickhouse_schema import SchemaError, ensure_schema
 from sinks.clickhouse_sink import FactsSink, InvalidRow, RetryInfo, SinkClosed, TableSink, retry_forever
 from sinks.drift_alerts import ALERTS_TOPIC, AlertsSink, alerts_table, ensure_alerts
 from sinks.events_archive import EVENTS_TOPIC, ArchiveSink, archive_table, ensure_archive
+from schemas import default_registry
 from schemas.settings import Settings
+from schemas.wire import bind
 from schemas.topology import CubeSpec, Topology
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ class SinkConsumer:
         self.sinks: dict[str, TableSink] = {FACTS_TOPIC: FactsSink(self.client, self.cube, FACTS_TOPIC, **options)}
         self._inputs: dict[str, Callable[[Any], Any]] = {FACTS_TOPIC: lambda record: json.loads(record.value)}
         if self.archive is not None:
+            bind(default_registry(), settings, eager=False)  # the ids of archived events, fetched once each
             self.sinks[EVENTS_TOPIC] = ArchiveSink(self.client, self.archive, **options)
             self._inputs[EVENTS_TOPIC] = lambda record: record
         if self.alerts is not None:

@@ -182,7 +182,7 @@ def test_a_batch_with_poison_an_oversize_result_and_an_unknown_stream_is_handled
     after = registry.encode("StartAgent", {"agent_id": "ok"})
     records = [
         ("good", *good, None),
-        ("poison", b"\xde\xad\xbe\xef", good[1], None),
+        ("poison", good[0][:5] + b"\xde\xad\xbe\xef", good[1], None),  # a real schema id, then no such record
         ("huge", *huge, None),
         ("unknown-stream", *unknown_stream, 0),
         ("after", *after, None),
