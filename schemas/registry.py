@@ -339,6 +339,23 @@ class SchemaRegistry:
             raise SchemaValidationError(name, [f"<avro>: {exc}"]) from None
         return buf.getvalue(), [(SCHEMA_HEADER, sv.name.encode())]
 
+    def encode_record(self, name: str, record: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """``encode`` for a record the code built itself (a decider's event), without the model round trip.
+
+        fastavro still refuses a value of the wrong type and fills a missing field's default;
+        the bytes are those ``encode`` writes (a unit test holds them equal). Raises
+        :class:`SchemaValidationError`, :class:`UnknownSchema` or :class:`SchemaNotBound`.
+        """
+        sv = self.get(name)
+        prefix = self._prefixes.get((sv.name, sv.version)) or self._prefix(sv)
+        buf = io.BytesIO()
+        buf.write(prefix)
+        try:
+            fastavro.schemaless_writer(buf, sv.schema, record)
+        except Exception as exc:
+            raise SchemaValidationError(name, [f"<avro>: {type(exc).__name__}: {exc}"]) from None
+        return buf.getvalue(), [(SCHEMA_HEADER, sv.name.encode())]
+
     def decode(
         self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes] | None
     ) -> tuple[str, BaseModel]:
@@ -356,13 +373,33 @@ class SchemaRegistry:
         or :class:`SchemaDecodeError` (garbage bytes, trailing bytes, unresolvable data); an
         uncached id with the registry down raises ``SchemaRegistryUnavailable`` after waiting.
         """
+        writer, name, record, _ = self._read(value, headers)
+        return name, self._model_of(writer, record)
+
+    def decode_record(
+        self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes] | None
+    ) -> tuple[str, dict[str, Any]]:
+        """``decode`` as a plain dict (equal to ``decode(...)[1].model_dump()``), for the hot paths.
+
+        Avro resolution already gives the latest version's shape and types, so no model is built;
+        a record an upcaster made is still validated by the model. Raises what ``decode`` raises.
+        """
+        writer, name, record, upcast = self._read(value, headers)
+        if upcast:
+            return name, self._model_of(writer, record).model_dump()
+        return name, record
+
+    def _read(
+        self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes] | None
+    ) -> tuple[SchemaVersion, str, dict[str, Any], bool]:
+        """(writer, name, the record in the latest version's shape, whether an upcaster made it)."""
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise SchemaDecodeError("<record>", None, f"value must be bytes, got {type(value).__name__}")
         data = bytes(value)
         found = _header_values(headers)
         if VERSION_HEADER in found:
             name, version = _old_format_schema(found)
-            return self._read(self.get(name, version), data, 0)
+            return self._read_body(self.get(name, version), data, 0)
         if len(data) < 5 or data[0] != MAGIC_BYTE:
             raise UnknownSchema(None, detail=_UNFRAMED)
         schema_id = int.from_bytes(data[1:5], "big")
@@ -370,9 +407,17 @@ class SchemaRegistry:
         named = found.get(SCHEMA_HEADER)
         if named is not None and named != writer.name.encode():
             raise SchemaDecodeError(writer.name, writer.version, f"schema id {schema_id} is {writer.name}, but the {SCHEMA_HEADER!r} header says {_text(named)}")
-        return self._read(writer, data, 5)
+        return self._read_body(writer, data, 5)
 
-    def _read(self, writer: SchemaVersion, data: bytes, offset: int) -> tuple[str, BaseModel]:
+    def _model_of(self, writer: SchemaVersion, record: dict[str, Any]) -> BaseModel:
+        try:
+            return self.model(writer.name).model_validate(record)
+        except ValidationError as exc:
+            raise SchemaDecodeError(writer.name, writer.version, "decoded record is invalid: " + "; ".join(_problems(exc))) from None
+        except Exception as exc:
+            raise SchemaDecodeError(writer.name, writer.version, f"{type(exc).__name__}: {exc}") from None
+
+    def _read_body(self, writer: SchemaVersion, data: bytes, offset: int) -> tuple[SchemaVersion, str, dict[str, Any], bool]:
         """Read the Avro body at ``offset`` of ``data`` written with ``writer`` as the latest version."""
         name, version = writer.name, writer.version
         reader = self.get(name)
@@ -388,12 +433,9 @@ class SchemaRegistry:
             raise SchemaDecodeError(name, version, f"{len(data) - buf.tell()} trailing bytes after the record")
         if upcasting:
             record = self._upcast(name, writer.version, reader, record)
-        try:
-            return name, self.model(name).model_validate(record)
-        except ValidationError as exc:
-            raise SchemaDecodeError(name, version, "decoded record is invalid: " + "; ".join(_problems(exc))) from None
-        except Exception as exc:
-            raise SchemaDecodeError(name, version, f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(record, dict):
+            raise SchemaDecodeError(name, version, f"decoded record is a {type(record).__name__}, not a record")
+        return writer, name, record, upcasting
 
     def writer_of(self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes] | None) -> tuple[SchemaVersion, int | None]:
         """(writer schema, schema id or None for the old format) of a record, without decoding its body."""
