@@ -39,7 +39,7 @@ from schemas.messages import CommandAccepted, EnvelopeError, EventMeta, new_id
 from schemas.registry import VERSION_HEADER
 from schemas.wire import bind, check, register, registry_client
 from sinks.events_archive import ArchiveSink, archive_headers, ensure_archive, read_archive
-from sinks.query_api import QueryClient
+from sinks.query_client import QueryClient
 from streams.client import CommandClient
 from streams.projections import decode_event
 from streams.supervisor import WorkerProcess
