@@ -147,7 +147,8 @@ def test_sigkill_while_folding_task_events_keeps_one_fact_per_task(worker, appli
 
 
 def test_a_worker_that_lost_its_local_state_recovers_it_from_the_changelog(worker, applied):
-    """Wipe every worker's RocksDB directory: the aggregates come back from the changelog topic."""
+    """A worker keeps no local state: stopped, its directory wiped and started again, its aggregates
+    come back from the changelog topic."""
     import shutil
 
     t = tenant()
