@@ -30,5 +30,9 @@ os.environ.update(
         "AGENTSTREAM_SINK_PORT": str(TEST_WEB_PORT + 11),
         "AGENTSTREAM_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{TEST_REGISTRY_PORT}/apis/ccompat/v7",
         "AGENTSTREAM_LOG_LEVEL": "info",
+        # Tasks assigned by other tests are never started: without this the session worker's
+        # sagas would reassign them a minute later, appending events while tests compare the
+        # store with its read models. Saga tests give each task its own start_within_s.
+        "AGENTSTREAM_SAGA_DEFAULT_START_WITHIN_S": "86400",
     }
 )

@@ -201,7 +201,12 @@ def test_a_batch_with_poison_an_oversize_result_and_an_unknown_stream_is_handled
             await producer.stop()
 
     worker.stop()  # the records wait in the topic, then form the first batch of the worker below
-    small = WorkerProcess(tmp_path / "small.log", env={"AGENTSTREAM_KAFKA_MAX_RECORD_BYTES": "20000", "AGENTSTREAM_WORKER_ID": "small-limit"}, restart=False)
+    small = WorkerProcess(
+        tmp_path / "small.log",
+        env={"AGENTSTREAM_KAFKA_MAX_RECORD_BYTES": "20000", "AGENTSTREAM_WORKER_ID": "small-limit"},
+        args=["worker", "--agents", "command_handler"],  # the limit is for the command handler's records
+        restart=False,
+    )
     try:
         asyncio.run(produce())
         small.start()
