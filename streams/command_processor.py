@@ -14,7 +14,9 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
 from schemas import SchemaDecodeError, SchemaError, SchemaRegistry, SchemaValidationError, UnknownSchema
+from schemas.topology import QuotaLimits, QuotaPlans
 from streams.domain import Aggregate, Command, Event, Rejection, RejectionCode, aggregate_for, aggregate_for_stream
+from streams.domain import quotas
 from schemas.messages import (
     CommandAccepted,
     CommandMeta,
@@ -60,6 +62,8 @@ class Outcome:
     replayed: bool = False  # a repeated command id, answered with its first outcome
     redelivered: bool = False  # this very message was handled already: nothing to write
     snapshot: "Snapshot | None" = None
+    #: Other rows the command changed, written in the same transaction (the tenant's quota row).
+    extra_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _remember(recent: list[list], command_id: str, result: CommandAccepted | CommandRejected) -> list[list]:
@@ -86,11 +90,17 @@ class CommandProcessor:
         max_bytes: int,
         clock: Callable[[], datetime] = utcnow,
         ids: Callable[[], str] = new_id,
+        plans: QuotaPlans | None = None,
     ) -> None:
         self.registry = registry
         self.max_bytes = max_bytes
         self.clock = clock
         self.ids = ids
+        #: Default limits per plan (``load_topology(...).quotas``); None turns quotas off.
+        self.plans = plans
+        # Per quota key, the last row object read or written and its parsed state: within a
+        # batch the table returns the very object this processor put, so it is parsed once.
+        self._quota_rows: dict[str, tuple[Any, quotas.QuotaState]] = {}
 
     def process(
         self,
@@ -156,6 +166,11 @@ class CommandProcessor:
 
         version = stored["version"]
         state = aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
+        quota: tuple[str, quotas.QuotaState, QuotaLimits] | None = None
+        if self.plans is not None:
+            quota = self._quota(meta.tenant_id, load_state)
+            if name != APPEND_EVENTS:
+                command = quotas.with_defaults(command, quota[2])
         if name == APPEND_EVENTS:
             decision = self._appended_events(aggregate, command, meta, version)
         elif meta.expected_version is not None and meta.expected_version != version:
@@ -184,6 +199,17 @@ class CommandProcessor:
             appended.append(AppendedEvent(body, schema_headers + event_meta.to_headers()))
             refs.append(EventRef(type=event.type, version=version, event_id=event_meta.event_id))
         result = CommandAccepted(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
+        extra_rows: dict[str, dict[str, Any]] = {}
+        if quota is not None:
+            qkey, qrow, limits = quota
+            verdict = quotas.admit(command, decision, qrow, limits, now, append_bytes=sum(len(e.value) for e in appended))
+            if isinstance(verdict, quotas.QuotaExceeded):
+                outcome = self._reject(meta, RejectionCode.QUOTA_EXCEEDED, verdict.message, current_version=stored["version"], exceeded=verdict)
+                outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **moved}
+                return outcome
+            row = {"state": quotas.dump(verdict)}
+            self._quota_rows[qkey] = (row, verdict)
+            extra_rows[qkey] = row
         dumped = aggregate.dump(state)
         snapshot = None
         if version // SNAPSHOT_EVERY > stored["version"] // SNAPSHOT_EVERY:
@@ -194,7 +220,22 @@ class CommandProcessor:
             state_key=skey,
             new_state={"version": version, "state": dumped, "recent": _remember(recent, meta.command_id, result), **moved},
             snapshot=snapshot,
+            extra_rows=extra_rows,
         )
+
+    def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> tuple[str, quotas.QuotaState, QuotaLimits]:
+        """The tenant's quota row key, its state (as the batch sees it) and its effective limits."""
+        assert self.plans is not None
+        qkey = state_key(tenant_id, quotas.QUOTA_ROW)
+        stored = load_state(qkey)
+        cached = self._quota_rows.get(qkey)
+        if cached is not None and cached[0] is stored:
+            qrow = cached[1]
+        else:
+            qrow = quotas.load((stored or {}).get("state"))
+            if stored is not None:
+                self._quota_rows[qkey] = (stored, qrow)
+        return qkey, qrow, quotas.limits_of(qrow, self.plans)
 
     def _appended_events(self, aggregate: Aggregate, command: Command, meta: CommandMeta, version: int) -> list[Event] | Rejection:
         """The events of an AppendEvents command, checked like any other write."""
@@ -217,9 +258,15 @@ class CommandProcessor:
 
     @staticmethod
     def _reject(
-        meta: CommandMeta, code: RejectionCode, message: str, dead_letter: str | None = None, current_version: int | None = None
+        meta: CommandMeta,
+        code: RejectionCode,
+        message: str,
+        dead_letter: str | None = None,
+        current_version: int | None = None,
+        exceeded: quotas.QuotaExceeded | None = None,
     ) -> Outcome:
+        quota = {} if exceeded is None else {"quota": exceeded.quota, "limit": exceeded.limit, "usage": exceeded.usage}
         result = CommandRejected(
-            command_id=meta.command_id, tenant_id=meta.tenant_id, code=code.value, message=message, current_version=current_version
+            command_id=meta.command_id, tenant_id=meta.tenant_id, code=code.value, message=message, current_version=current_version, **quota
         )
         return Outcome(result=result, dead_letter=dead_letter, error=message if dead_letter else None)
