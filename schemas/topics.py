@@ -10,7 +10,8 @@ EVENTS = "events.platform"
 RESULTS = "results.commands"
 DEADLETTER = "deadletter.commands"
 FACTS = "facts.tasks"
+BILLING = "billing.usage"
 SNAPSHOTS = {"agent": "snapshots.agent", "task": "snapshots.task", "tenant": "snapshots.tenant"}
 
 #: Every topic named above.
-ALL = (COMMANDS, EVENTS, RESULTS, DEADLETTER, FACTS, *SNAPSHOTS.values())
+ALL = (COMMANDS, EVENTS, RESULTS, DEADLETTER, FACTS, BILLING, *SNAPSHOTS.values())

@@ -1,8 +1,9 @@
-"""The ClickHouse sink process (``agentstream sink``): facts into the cube, events into the archive.
+"""The ClickHouse sink process (``agentstream sink``): facts into the cube, events into the archive, usage.
 
 A Kafka consumer group of its own (``<app id>-clickhouse-sink``) reads ``facts.tasks`` (into the
-cube's facts table, ``FactsSink``) and, when ``topology.yaml`` declares the events archive,
-``events.platform`` (``ArchiveSink``), both with ``read_committed``. One ``TableSink`` per topic;
+cube's facts table, ``FactsSink``) and, when ``topology.yaml`` declares them, ``events.platform``
+(the events archive, ``ArchiveSink``) and ``billing.usage`` (the usage table, ``UsageSink``),
+all with ``read_committed``. One ``TableSink`` per topic;
 offsets are committed only after ClickHouse has acknowledged the rows below them
 (``TableSink.committable``). On a rebalance the revoked partitions are flushed and committed
 before they are given up. While ClickHouse is down the sink waits and retries with backoff
@@ -30,6 +31,7 @@ from connectors.clickhouse import clickhouse_client
 from connectors.kafka_config import aiokafka_config
 from sinks.clickhouse_schema import SchemaError, ensure_schema
 from sinks.clickhouse_sink import FactsSink, InvalidRow, RetryInfo, SinkClosed, TableSink, retry_forever
+from sinks.billing_usage import BILLING_TOPIC, UsageSink, ensure_usage, usage_table
 from sinks.events_archive import EVENTS_TOPIC, ArchiveSink, archive_table, ensure_archive
 from schemas.settings import Settings
 from schemas.topology import CubeSpec, Topology
@@ -107,6 +109,7 @@ class SinkConsumer:
         self.settings = settings
         self.cube = facts_cube(topology)
         self.archive = archive_table(topology)
+        self.usage = usage_table(topology)
         #: Held around every use of the ClickHouse client (sinks, query API, exports).
         self.lock = threading.Lock()
         self._sinks_lock = threading.Lock()  # the sinks' buffers: one thread at a time
@@ -118,6 +121,9 @@ class SinkConsumer:
         if self.archive is not None:
             self.sinks[EVENTS_TOPIC] = ArchiveSink(self.client, self.archive, **options)
             self._inputs[EVENTS_TOPIC] = lambda record: record
+        if self.usage is not None:
+            self.sinks[BILLING_TOPIC] = UsageSink(self.client, self.usage, **options)
+            self._inputs[BILLING_TOPIC] = lambda record: record.value
         self.consumer: AIOKafkaConsumer | None = None
         self._committed: dict[tuple[str, int], int] = {}
 
@@ -216,6 +222,8 @@ class SinkConsumer:
                 ensure_schema(self.client, self.cube)
                 if self.archive is not None:
                     ensure_archive(self.client, self.archive)
+                if self.usage is not None:
+                    ensure_usage(self.client, self.usage)
 
         closed = threading.Event()
         waiter = asyncio.create_task(stop.wait())
