@@ -6,13 +6,14 @@ committed row. ``read_tenants`` reads that topic ``read_committed`` to its end (
 own partition when one tenant is asked for: rows are partitioned like the commands, by tenant),
 so what it reports is what the next command of the tenant is decided against - exact, not a
 projection. Usage against limits is computed by the pure quota core (``streams.domain.quotas``).
+``read_invoice`` sums a tenant's month from the ClickHouse usage table (``streams.billing.invoice``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
@@ -25,6 +26,11 @@ from streams.domain import quotas
 from streams.domain.tenants import TenantState
 from streams.runtime import KeyPartitioner
 from streams.runtime.tables import changelog_topic
+from sinks.billing_usage import month_usage_sql, usage_table
+from streams.billing import Invoice, invoice
+
+if TYPE_CHECKING:
+    from sinks.query_api import QueryClient
 
 AGGREGATES = "aggregates"
 
@@ -104,3 +110,12 @@ def read_tenants(settings: Settings, topology: Topology, tenant: str | None = No
         else:
             info.quota = quotas.load(row.get("state"))
     return dict(sorted(found.items()))
+
+
+def read_invoice(queries: "QueryClient", topology: Topology, tenant: str, month: str) -> Invoice:
+    """The invoice of ``tenant`` for ``month`` from the ClickHouse usage table (LookupError if none is declared)."""
+    table = usage_table(topology)
+    if table is None:
+        raise LookupError("topology.yaml declares no ClickHouse sink of billing.usage")
+    result = queries.sql_table(month_usage_sql(table, tenant, month))
+    return invoice(tenant, month, zip(*(result.column(n).to_pylist() for n in ("metric", "unit", "quantity", "records"))))

@@ -198,9 +198,9 @@ def invoice_command(
     fmt: str = typer.Option("table", "--format", "-f", help="table, csv or json."),
 ) -> None:
     """The month's invoice of a tenant: a line per metric and the total, in integer micro-units."""
-    from sinks.billing_usage import check_month, month_usage_sql, usage_table
+    from sinks.billing_usage import check_month
     from sinks.query_api import QueryClient, QueryError, QueryFailed, QueryUnavailable
-    from streams.billing import invoice
+    from streams.tenant_admin import read_invoice
 
     _check_tenant(tenant)
     if fmt not in INVOICE_FORMATS:
@@ -210,16 +210,14 @@ def invoice_command(
     except ValueError as exc:
         fail(str(exc), code=2)
     settings, topology, _ = _context()
-    table_name = usage_table(topology)
-    if table_name is None:
-        fail("topology.yaml declares no ClickHouse sink of billing.usage", code=2)
     try:
-        result = QueryClient(settings).sql_table(month_usage_sql(table_name, tenant, month))
+        bill = read_invoice(QueryClient(settings), topology, tenant, month)
+    except LookupError as exc:
+        fail(str(exc), code=2)
     except QueryUnavailable as exc:
         fail(str(exc), code=3)
     except (QueryError, QueryFailed) as exc:
         fail(str(exc))
-    bill = invoice(tenant, month, zip(*(result.column(n).to_pylist() for n in ("metric", "unit", "quantity", "records"))))
     if fmt == "json":
         sys.stdout.write(bill.model_dump_json() + "\n")
         return
