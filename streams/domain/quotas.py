@@ -100,7 +100,7 @@ def _evolved(state: "QuotaState", update: dict[str, Any]) -> "QuotaState":
     """``state.model_copy(update=update)`` without its generic machinery (the row is copied per command)."""
     new = QuotaState.__new__(QuotaState)
     object.__setattr__(new, "__dict__", {**state.__dict__, **update})
-    object.__setattr__(new, "__pydantic_fields_set__", state.__pydantic_fields_set__ | update.keys())
+    object.__setattr__(new, "__pydantic_fields_set__", state.__pydantic_fields_set__)  # only exclude_unset reads it; never used on rows
     object.__setattr__(new, "__pydantic_extra__", None)
     object.__setattr__(new, "__pydantic_private__", None)
     return new
@@ -193,6 +193,22 @@ class QuotaState(BaseModel):
 def dump(state: QuotaState) -> dict[str, Any]:
     """The row as JSON-ready data."""
     return state.model_dump(mode="json")
+
+
+def dump_after(state: QuotaState, before: QuotaState | None = None, before_dumped: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``dump(state)`` in one dict copy, for a row dumped after every command.
+
+    Every field but ``tasks`` is JSON-ready as it is (text, integers, a dict of integers, a list
+    of integer pairs), and the state is frozen, so the dict shares them; ``tasks`` is reused from
+    ``before_dumped`` (the dump of ``before``) when the command left it alone. The result equals
+    ``dump(state)`` once through JSON (pairs become lists); it must not be mutated.
+    """
+    fields = state.__dict__
+    if before is not None and before_dumped is not None and state.tasks is before.tasks:
+        tasks = before_dumped["tasks"]
+    else:
+        tasks = {task_id: hold.model_dump() for task_id, hold in state.tasks.items()}
+    return {**fields, "tasks": tasks}
 
 
 def load(data: Mapping[str, Any] | None) -> QuotaState:

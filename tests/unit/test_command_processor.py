@@ -269,3 +269,20 @@ def test_quotas_off_reads_and_writes_no_quota_row(proc):
     for n in range(5):
         assert not store.apply(proc.process(*message("CreateAgent", agent(n), cid=f"c{n}"), store.get)).extra_rows
     assert "acme/quota" not in store
+
+
+def test_the_quota_row_written_per_command_is_the_full_dump_through_json(qproc):
+    import orjson
+
+    store = Store()
+    steps = [("CreateAgent", agent(0)), ("StartAgent", {"agent_id": "a0"}), ("AssignTask", {"task_id": "t1", "agent_id": "a0", "task_type": "x"}),
+             ("ConfigureAgent", {"agent_id": "a0", "config": {"k": "v"}}), ("CompleteTask", {"task_id": "t1", "cost": 0.01}),
+             ("AssignTask", {"task_id": "t2", "agent_id": "a0", "task_type": "x"}), ("StopAgent", {"agent_id": "a0"})]
+    for n, (kind, data) in enumerate(steps):
+        out = store.apply(qproc.process(*message(kind, data, cid=f"s{n}"), store.get))
+        assert isinstance(out.result, CommandAccepted), out.result
+        row = store["acme/quota"]
+        through_json = orjson.loads(orjson.dumps(row))  # what the changelog holds
+        assert through_json == {"state": quotas.dump(quotas.load(row["state"]))}
+        assert quotas.load(through_json["state"]) == quotas.load(row["state"])
+    assert quotas.load(store["acme/quota"]["state"]).tasks["t2"].slot is False  # the stop freed its slot
