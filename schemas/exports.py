@@ -2,7 +2,7 @@
 
 An export writes the result of a cube query or of a read-only SQL query to a CSV or Parquet
 file on a crontab schedule (5 fields, evaluated in UTC). This module is pure: the models,
-the crontab check and ``due_exports``. Running them is ``sinks.query_api.run_due_exports``.
+the crontab check and ``due_exports``. Running them is ``sinks.export_runner``.
 
 When is an export due? When its schedule fired at some minute ``t`` with
 ``last_run < t <= now``; it then runs once for the *latest* such ``t`` (missed runs are not

@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # Worker
     web_host: str = "127.0.0.1"
     web_port: int = 6066
-    #: Port of the ClickHouse sink process's query API (cubes, read-only SQL; sinks/query_api.py),
+    #: Port of the ClickHouse sink process's query API (cubes, read-only SQL; sinks/query_server.py),
     #: bound to ``web_host``. The sink owns the embedded chdb path, so other processes query through it.
     sink_port: int = 6067
     log_level: Literal["crit", "error", "warn", "info", "debug"] = "info"
@@ -71,6 +71,23 @@ class Settings(BaseSettings):
     #: Enforce the tenant quotas of ``topology.yaml`` in the command handler (off: no quota row
     #: is read or written; for benchmarks and platforms without limits).
     quotas_enabled: bool = True
+
+    # Sagas (streams/saga_agent.py; the rules are streams/sagas/)
+    #: Reassignments of a task nobody started before it is compensated (failed and released).
+    saga_max_reassignments: int = 3
+    #: First wait before a reassignment and before a compensation is sent again (doubles, up to 300 s).
+    saga_backoff_s: float = 5.0
+    #: Retries of a failed task (a new task ``<id>.retry<n>``), and the first wait before one.
+    saga_max_retries: int = 1
+    saga_retry_backoff_s: float = 10.0
+    #: Start time of a task whose TaskAssigned says none.
+    saga_default_start_within_s: int = 60
+    #: How long each onboarding step may take before the onboarding is undone.
+    saga_onboarding_step_timeout_s: int = 60
+    #: An event older than this (by its time, when the saga shell first reads it) starts no saga:
+    #: a shell deployed onto a long history, or replaying synthetic old events, does not chase
+    #: work that is long over. 0: every start event starts a saga, however old.
+    saga_start_horizon_s: int = 3600
 
     @model_validator(mode="after")
     def _embedded_clickhouse_by_default(self) -> "Settings":

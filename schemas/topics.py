@@ -11,7 +11,9 @@ RESULTS = "results.commands"
 DEADLETTER = "deadletter.commands"
 FACTS = "facts.tasks"
 BILLING = "billing.usage"
-SNAPSHOTS = {"agent": "snapshots.agent", "task": "snapshots.task", "tenant": "snapshots.tenant"}
+PROVISIONING = "provisioning.requests"
+SAGA_BOOKS = "saga_books"  # the saga shell's table (changelog ``<app>-saga_books-changelog``)
+SNAPSHOTS = {"agent": "snapshots.agent", "task": "snapshots.task", "tenant": "snapshots.tenant", "dashboard": "snapshots.dashboard"}
 
 #: Every topic named above.
-ALL = (COMMANDS, EVENTS, RESULTS, DEADLETTER, FACTS, BILLING, *SNAPSHOTS.values())
+ALL = (COMMANDS, EVENTS, RESULTS, DEADLETTER, FACTS, BILLING, PROVISIONING, *SNAPSHOTS.values())

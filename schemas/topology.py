@@ -1,19 +1,24 @@
-"""The declared topology (``topology.yaml``): topics, tables, agents, sinks and cubes.
+"""The declared topology (``topology.yaml``): topics, tables, agents, sinks, cubes and drift detectors.
 
 This module only reads and checks the declaration; ``connectors.kafka_admin`` compares it
-with a live cluster and applies it, and ``streams.cli.topology`` draws it.
+with a live cluster and applies it, and ``streams.cli.topology`` draws it. The drift section's
+detector names and parameters are checked against river by ``validate`` through the code's
+view (``CodeView.drift_checker``, given by ``streams.drift.catalog``), so this bottom layer does
+not import river.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar, Iterable, Literal, Sequence
+from typing import Callable, ClassVar, Iterable, Literal, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from schemas.dashboards import DashboardSpec, check_dashboards
 from schemas.exports import ExportSpec
 
 
@@ -165,6 +170,100 @@ class CubeSpec(_Spec):
         return self
 
 
+#: The task-fact metrics a drift detector can watch (``streams.drift`` reads them from a fact).
+DRIFT_METRICS: tuple[str, ...] = ("response_time", "cost", "failure")
+#: Transforms applied to a value before its detector sees it (``log`` needs values > 0).
+DRIFT_TRANSFORMS: tuple[str, ...] = ("none", "log", "log1p")
+
+ParamValue = bool | int | float | str | None
+
+
+class DriftMetricSpec(_Spec):
+    """One drift detector on one metric of the task facts, per (tenant, agent_type).
+
+    ``detector`` is a river detector class name (``ADWIN``, ``PageHinkley``, ``KSWIN``, ``DDM``,
+    ``EDDM``, ``FHDDM``, ``HDDM_A``, ``HDDM_W``) and ``params`` its constructor arguments; names and
+    values are checked against river by ``topology validate``. Each value goes through
+    ``transform``; the first ``warmup`` values after a (re)start are not fed to the detector, and
+    with ``standardize`` they fix a location and spread (their mean and standard deviation) by
+    which every later value is centred and divided, so thresholds are in units of the metric's own
+    spread. Re-arm rule: after an alert the key's detector and
+    scale restart from nothing and no alert is raised for the next ``cooldown`` values of that key,
+    so one change gives one alert; a change that starts within those values is taken as part of
+    the same episode (the detector learns it without an alert).
+    """
+
+    metric: Literal["response_time", "cost", "failure"]
+    detector: str
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    transform: Literal["none", "log", "log1p"] = "none"
+    standardize: bool = False
+    warmup: int = Field(default=0, ge=0, description="values after a (re)start that only fix the location and spread")
+    cooldown: int = Field(default=500, ge=0, description="values after an alert during which no alert is raised")
+    description: str = ""
+
+
+class AnomalyFeatureSpec(_Spec):
+    """One feature of a task's vector for the anomaly detector: a metric, its transform and its range."""
+
+    metric: Literal["response_time", "cost", "failure"]
+    transform: Literal["none", "log", "log1p"] = "none"
+    limits: tuple[float, float] = Field(description="range of the transformed value (HalfSpaceTrees splits within it)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AnomalyFeatureSpec":
+        if not self.limits[0] < self.limits[1]:
+            raise ValueError(f"feature '{self.metric}': limits {list(self.limits)} must be [low, high] with low < high")
+        return self
+
+
+class AnomalySpec(_Spec):
+    """An anomaly detector (river ``HalfSpaceTrees``) on each task's feature vector, per (tenant, agent_type).
+
+    A task whose score is at least ``threshold`` raises ``AnomalyDetected``, once the model has seen
+    ``warmup`` tasks, and at most once per ``cooldown`` tasks of that key.
+    """
+
+    detector: str = "HalfSpaceTrees"
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    features: list[AnomalyFeatureSpec] = Field(min_length=1)
+    threshold: float = Field(gt=0.0, le=1.0)
+    warmup: int = Field(default=250, ge=0)
+    cooldown: int = Field(default=100, ge=0)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _features_once(self) -> "AnomalySpec":
+        names = [f.metric for f in self.features]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"anomaly: feature(s) {', '.join(twice)} listed twice")
+        return self
+
+
+class DriftSpec(_Spec):
+    """The drift section: the detectors per metric, the anomaly detector and the alerts topic."""
+
+    alerts_topic: str = "alerts.drift"
+    metrics: list[DriftMetricSpec] = Field(default_factory=list)
+    anomaly: AnomalySpec | None = None
+
+    @model_validator(mode="after")
+    def _metrics_once(self) -> "DriftSpec":
+        names = [m.metric for m in self.metrics]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"drift: metric(s) {', '.join(twice)} declared twice (one detector per metric)")
+        return self
+
+    def metric(self, name: str) -> DriftMetricSpec:
+        """The declaration of metric ``name`` (KeyError if none)."""
+        for spec in self.metrics:
+            if spec.metric == name:
+                return spec
+        raise KeyError(f"metric '{name}' has no drift detector in the topology (declared: {', '.join(m.metric for m in self.metrics) or 'none'})")
+
+
 def check_exports(exports: Sequence[ExportSpec], cubes: Sequence[CubeSpec]) -> list[str]:
     """Problems of ``exports`` against the declared ``cubes``: duplicate names, unknown cubes,
     measures or dimensions the cube does not declare. Empty when they agree."""
@@ -194,6 +293,8 @@ class Topology(_Spec):
     cubes: list[CubeSpec] = Field(default_factory=list)
     exports: list[ExportSpec] = Field(default_factory=list, description="scheduled exports (schemas/exports.py)")
     quotas: QuotaPlans | None = Field(default=None, description="default tenant limits per plan (streams/domain/quotas.py)")
+    dashboards: list[DashboardSpec] = Field(default_factory=list, description="default dashboards every tenant gets (schemas/dashboards.py)")
+    drift: DriftSpec | None = Field(default=None, description="online drift and anomaly detectors (streams/drift/)")
 
     @model_validator(mode="after")
     def _references_resolve(self) -> "Topology":
@@ -210,6 +311,8 @@ class Topology(_Spec):
             problems += [f"sink '{sink.name}': unknown topic '{t}'" for t in sink.inputs if t not in topics]
         sinks = {s.name for s in self.sinks}
         problems += [f"cube '{c.name}': unknown sink '{c.source}'" for c in self.cubes if c.source not in sinks]
+        if self.drift is not None and self.drift.alerts_topic not in topics:
+            problems.append(f"drift: unknown alerts topic '{self.drift.alerts_topic}'")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -251,6 +354,12 @@ def load_topology(path: Path) -> Topology:
         raise TopologyError(f"{path}: " + "; ".join(lines)) from exc
 
 
+@lru_cache(maxsize=8)
+def declared_cubes(path: Path) -> dict[str, CubeSpec]:
+    """The cubes of the topology file at ``path`` by name, read once per path (TopologyError if unreadable)."""
+    return {cube.name: cube for cube in load_topology(path).cubes}
+
+
 # --- validation against the code -------------------------------------------------------
 
 
@@ -273,6 +382,9 @@ class CodeView:
     tables: dict[str, int]  # name -> partitions
     schemas: set[str]
     topics: frozenset[str] = frozenset()  # every topic name the code reads or writes
+    #: Problems of one declared detector: (metric or "anomaly", detector name, params) -> messages;
+    #: None skips the check.
+    drift_checker: Callable[[str, str, dict[str, ParamValue]], list[str]] | None = None
 
 
 def validate(topology: Topology, code: CodeView) -> list[Problem]:
@@ -280,11 +392,15 @@ def validate(topology: Topology, code: CodeView) -> list[Problem]:
 
     Checks: every topic the code names is declared; each topic's schemas exist; each declared agent exists in the code with the same
     inputs and each code agent is declared; each declared table exists and has as many
-    partitions as the stream that updates it (co-partitioning).
+    partitions as the stream that updates it (co-partitioning); each dashboard widget names a
+    measure, dimension and granularity its cube has; each drift detector is one the code knows,
+    with parameters its constructor takes (when the view has a ``drift_checker``).
     """
     problems: list[Problem] = []
     declared_topics = {t.name for t in topology.topics}
     problems += [Problem(f"topic {name}", "the code uses it but the topology does not declare it") for name in sorted(code.topics - declared_topics)]
+    cubes = {c.name: c for c in topology.cubes}
+    problems += [Problem("dashboards", message) for message in check_dashboards(topology.dashboards, cubes)]
     for topic in topology.topics:
         problems += [Problem(f"topic {topic.name}", f"schema '{s}' does not exist in schemas/") for s in topic.schemas if s not in code.schemas]
     declared = {a.name for a in topology.agents}
@@ -311,6 +427,12 @@ def validate(topology: Topology, code: CodeView) -> list[Problem]:
                             Problem(f"table {table.name}", f"has {code.tables[table.name]} partitions but its source topic '{source}' has {want}: not co-partitioned")
                         )
     problems += [Problem(f"table {name}", "exists in the code but is not declared in the topology") for name in sorted(set(code.tables) - {t.name for t in topology.tables})]
+    if topology.drift is not None and code.drift_checker is not None:
+        for spec in topology.drift.metrics:
+            problems += [Problem(f"drift {spec.metric}", message) for message in code.drift_checker(spec.metric, spec.detector, spec.params)]
+        if topology.drift.anomaly is not None:
+            anomaly = topology.drift.anomaly
+            problems += [Problem("drift anomaly", message) for message in code.drift_checker("anomaly", anomaly.detector, anomaly.params)]
     return problems
 
 

@@ -2,7 +2,8 @@
 
 A Kafka consumer group of its own (``<app id>-clickhouse-sink``) reads ``facts.tasks`` (into the
 cube's facts table, ``FactsSink``) and, when ``topology.yaml`` declares them, ``events.platform``
-(the events archive, ``ArchiveSink``) and ``billing.usage`` (the usage table, ``UsageSink``),
+(the events archive, ``ArchiveSink``), ``alerts.drift`` (the drift alerts, ``AlertsSink``) and
+``billing.usage`` (the usage table, ``UsageSink``),
 all with ``read_committed``. One ``TableSink`` per topic;
 offsets are committed only after ClickHouse has acknowledged the rows below them
 (``TableSink.committable``). On a rebalance the revoked partitions are flushed and committed
@@ -10,7 +11,7 @@ before they are given up. While ClickHouse is down the sink waits and retries wi
 (nothing is dropped, nothing is committed); the command path does not depend on it and keeps
 running.
 
-The same process serves cube, SQL and archive queries over HTTP (``sinks.query_api``) on
+The same process serves cube, SQL and archive queries over HTTP (``sinks.query_server``) on
 ``web_host:sink_port``: with embedded ClickHouse (chdb) it is the one process that may open the
 database, so everyone else queries through it. Every use of the ClickHouse client holds one lock
 (``lock``), held per call: while the sinks wait to retry an insert, queries still run.
@@ -32,6 +33,7 @@ from connectors.kafka_config import aiokafka_config
 from sinks.clickhouse_schema import SchemaError, ensure_schema
 from sinks.clickhouse_sink import FactsSink, InvalidRow, RetryInfo, SinkClosed, TableSink, retry_forever
 from sinks.billing_usage import BILLING_TOPIC, UsageSink, ensure_usage, usage_table
+from sinks.drift_alerts import ALERTS_TOPIC, AlertsSink, alerts_table, ensure_alerts
 from sinks.events_archive import EVENTS_TOPIC, ArchiveSink, archive_table, ensure_archive
 from schemas.settings import Settings
 from schemas.topology import CubeSpec, Topology
@@ -110,6 +112,7 @@ class SinkConsumer:
         self.cube = facts_cube(topology)
         self.archive = archive_table(topology)
         self.usage = usage_table(topology)
+        self.alerts = alerts_table(topology)
         #: Held around every use of the ClickHouse client (sinks, query API, exports).
         self.lock = threading.Lock()
         self._sinks_lock = threading.Lock()  # the sinks' buffers: one thread at a time
@@ -124,6 +127,9 @@ class SinkConsumer:
         if self.usage is not None:
             self.sinks[BILLING_TOPIC] = UsageSink(self.client, self.usage, **options)
             self._inputs[BILLING_TOPIC] = lambda record: record.value
+        if self.alerts is not None:
+            self.sinks[ALERTS_TOPIC] = AlertsSink(self.client, self.alerts, **options)
+            self._inputs[ALERTS_TOPIC] = lambda record: json.loads(record.value)
         self.consumer: AIOKafkaConsumer | None = None
         self._committed: dict[tuple[str, int], int] = {}
 
@@ -224,6 +230,8 @@ class SinkConsumer:
                     ensure_archive(self.client, self.archive)
                 if self.usage is not None:
                     ensure_usage(self.client, self.usage)
+                if self.alerts is not None:
+                    ensure_alerts(self.client, self.alerts)
 
         closed = threading.Event()
         waiter = asyncio.create_task(stop.wait())
@@ -238,7 +246,7 @@ class SinkConsumer:
 
     async def _scheduled_exports(self, stop: asyncio.Event, every_s: float = 60.0) -> None:
         """Run the exports that topology.yaml schedules, when they are due (checked every minute)."""
-        from sinks.query_api import default_state_path, run_due_exports
+        from sinks.export_runner import default_state_path, run_due_exports
 
         while not stop.is_set():
             try:
@@ -254,7 +262,7 @@ class SinkConsumer:
     async def _serve_queries(self) -> Any:
         from aiohttp import web
 
-        from sinks.query_api import build_query_app
+        from sinks.query_server import build_query_app
 
         runner = web.AppRunner(build_query_app(self.settings, self.client, self.lock))
         await runner.setup()

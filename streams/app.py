@@ -32,6 +32,10 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         web_in_thread=False,
         topic_replication_factor=settings.kafka_replication_factor,
+        # Faust's own consumer still joins a group; its default 60 s session would hold a
+        # restarted worker's start (and so its runtime agents) until the dead member expired.
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_s / 5),
         autodiscover=False,
     )
 

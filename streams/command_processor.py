@@ -66,9 +66,20 @@ class Outcome:
     extra_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _remember(recent: list[list], command_id: str, result: CommandAccepted | CommandRejected) -> list[list]:
+def _recent(stored: Mapping[str, Any]) -> dict[str, list]:
+    """The stream's recent command ids and their first outcomes, oldest first (a JSON object;
+    rows written before it was one hold a list of pairs)."""
+    recent = stored.get("recent") or {}
+    return dict(recent) if isinstance(recent, list) else recent
+
+
+def _remember(recent: dict[str, list], command_id: str, result: CommandAccepted | CommandRejected) -> dict[str, list]:
     """The stream's recent command ids with this one added, oldest dropped past DEDUP_PER_STREAM."""
-    return [*recent, [command_id, compact_result(result)]][-DEDUP_PER_STREAM:]
+    kept = dict(recent)
+    kept[command_id] = compact_result(result)
+    while len(kept) > DEDUP_PER_STREAM:
+        del kept[next(iter(kept))]
+    return kept
 
 
 def _handled_already(last: list | None, position: tuple[str | int, int]) -> bool:
@@ -91,11 +102,18 @@ class CommandProcessor:
         clock: Callable[[], datetime] = utcnow,
         ids: Callable[[], str] = new_id,
         plans: QuotaPlans | None = None,
+        declarations: Mapping[str, Any] | None = None,
     ) -> None:
+        """``declarations`` are what deciders may read beside the streams (e.g. ``{"cubes": ...}``
+        from the topology); they reach every decider in ``related``."""
         self.registry = registry
+        self.declarations = dict(declarations or {})
         self.max_bytes = max_bytes
         self.clock = clock
         self.ids = ids
+        # The loaded state of the rows this processor wrote last, by row identity: a row is never
+        # changed in place, so the same object means the same state (a memo, not a second store).
+        self._loaded: dict[str, tuple[Mapping[str, Any], Any]] = {}
         #: Default limits per plan (``load_topology(...).quotas``); None turns quotas off.
         self.plans = plans
         # Per quota key, the last row object read or written, its parsed state and its dumped
@@ -160,13 +178,13 @@ class CommandProcessor:
         if position is not None and _handled_already(stored.get("position"), position):
             return Outcome(redelivered=True)
         moved = {} if position is None else {"position": list(position)}
-        recent: list[list] = stored.get("recent", [])
-        for command_id, first in recent:
-            if command_id == meta.command_id:  # a retry: answer as the first time, change nothing
-                return Outcome(result=expand_result(first, meta.command_id, meta.tenant_id, stream_id), replayed=True)
+        recent = _recent(stored)
+        first = recent.get(meta.command_id)
+        if first is not None:  # a retry: answer as the first time, change nothing
+            return Outcome(result=expand_result(first, meta.command_id, meta.tenant_id, stream_id), replayed=True)
 
         version = stored["version"]
-        state = aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
+        state = self._load(aggregate, skey, stored)
         quota: tuple[str, quotas.QuotaState, Any, QuotaLimits] | None = None
         if self.plans is not None:
             quota = self._quota(meta.tenant_id, load_state)
@@ -179,7 +197,7 @@ class CommandProcessor:
                 RejectionCode.WRONG_EXPECTED_VERSION, f"stream '{stream_id}' is at version {version}, the command expected {meta.expected_version}"
             )
         else:
-            related = {}
+            related = dict(self.declarations)
             for label, (other, other_stream) in aggregate.related(command, state).items():
                 found = load_state(state_key(meta.tenant_id, other_stream))
                 related[label] = other.initial() if not found or found["state"] is None else other.load(found["state"])
@@ -187,18 +205,19 @@ class CommandProcessor:
         if isinstance(decision, Rejection):
             outcome = self._reject(meta, decision.code, decision.message, current_version=version)
             outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **moved}
+            self._loaded[skey] = (outcome.new_state, state)
             return outcome
 
         appended, refs = [], []
+        occurred_at = EventMeta.time_text(now)
         for event in decision:
             version += 1
             state = aggregate.evolve(state, event)
             body, schema_headers = self.registry.encode(event.type, event.data)
-            event_meta = EventMeta(
-                event_id=self.ids(), tenant_id=meta.tenant_id, stream_id=stream_id, version=version, occurred_at=now, command_id=meta.command_id
-            )
-            appended.append(AppendedEvent(body, schema_headers + event_meta.to_headers()))
-            refs.append(EventRef(type=event.type, version=version, event_id=event_meta.event_id))
+            event_id = self.ids()
+            headers_out = EventMeta.headers_for(event_id, meta.tenant_id, stream_id, version, occurred_at, meta.command_id)
+            appended.append(AppendedEvent(body, schema_headers + headers_out))
+            refs.append(EventRef(type=event.type, version=version, event_id=event_id))
         result = CommandAccepted(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
         extra_rows: dict[str, dict[str, Any]] = {}
         if quota is not None:
@@ -209,20 +228,26 @@ class CommandProcessor:
                 outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **moved}
                 return outcome
             row = {"state": quotas.dump_after(verdict, qrow, qdumped)}
+            if len(self._quota_rows) > 100_000:
+                self._quota_rows.clear()
             self._quota_rows[qkey] = (row, verdict, row["state"])
             extra_rows[qkey] = row
         dumped = aggregate.dump(state)
         snapshot = None
         if version // SNAPSHOT_EVERY > stored["version"] // SNAPSHOT_EVERY:
             snapshot = Snapshot(tenant_id=meta.tenant_id, stream_id=stream_id, aggregate=aggregate.name, version=version, state=dumped, taken_at=now)
-        return Outcome(
-            result=result,
-            events=appended,
-            state_key=skey,
-            new_state={"version": version, "state": dumped, "recent": _remember(recent, meta.command_id, result), **moved},
-            snapshot=snapshot,
-            extra_rows=extra_rows,
-        )
+        new_state = {"version": version, "state": dumped, "recent": _remember(recent, meta.command_id, result), **moved}
+        if len(self._loaded) > 100_000:
+            self._loaded.clear()
+        self._loaded[skey] = (new_state, state)
+        return Outcome(result=result, events=appended, state_key=skey, new_state=new_state, snapshot=snapshot, extra_rows=extra_rows)
+
+    def _load(self, aggregate: Aggregate, skey: str, stored: Mapping[str, Any]) -> Any:
+        """The aggregate state of row ``stored`` (from the memo when it is the row written last)."""
+        memo = self._loaded.get(skey)
+        if memo is not None and memo[0] is stored:
+            return memo[1]
+        return aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
 
     def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> tuple[str, quotas.QuotaState, Any, QuotaLimits]:
         """The tenant's quota row key, its state as the batch sees it (and that state's dump, or

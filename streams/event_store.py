@@ -37,7 +37,8 @@ from connectors.kafka_config import aiokafka_config
 from connectors.kafka_topics import topic_partitions
 from schemas import SchemaError, SchemaRegistry, default_registry
 from sinks.events_archive import archive_headers
-from sinks.query_api import QueryClient, QueryError, QueryFailed, QueryUnavailable
+from sinks.query_client import QueryClient
+from sinks.query_errors import QueryError, QueryFailed, QueryUnavailable
 from streams.client import CommandClient
 from streams.command_processor import APPEND_EVENTS
 from streams.domain import Event, aggregate_for_stream, replay

@@ -40,8 +40,9 @@ class CommandHandler(ProcessorBase):
 
     def __init__(self, context: AgentContext) -> None:
         settings = context.settings
+        cubes = {cube.name: cube for cube in context.topology.cubes}
         plans = context.topology.quotas if settings.quotas_enabled else None
-        self.processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes, plans=plans)
+        self.processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes, declarations={"cubes": cubes}, plans=plans)
         self.owner = KeyPartitioner(context.topology.topic(COMMANDS).partitions)
         self.max_record = settings.kafka_max_record_bytes - 16 * 1024  # room for the key and the envelope headers
 

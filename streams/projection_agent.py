@@ -100,9 +100,7 @@ class BatchProjector:
             if event is not None:
                 tenant = event.meta.tenant_id
                 wanted.append(pj.tenant_key(gen, tenant))
-                agent_id = pj.agent_id_of(event.type, event.data)
-                if agent_id is not None:
-                    wanted.append(pj.agent_key(gen, tenant, agent_id))
+                wanted += [pj.agent_key(gen, tenant, agent_id) for agent_id in pj.agent_ids_of(event.type, event.data)]
         keys = list(dict.fromkeys(wanted))
         models: dict[str, Any] = dict(zip(keys, (pj.loads(raw) for raw in self.redis.mget(keys)))) if keys else {}
         changed: dict[str, Any] = {}
@@ -112,19 +110,18 @@ class BatchProjector:
                 continue
             tenant = event.meta.tenant_id
             tenant_k = pj.tenant_key(gen, tenant)
-            agent_id = pj.agent_id_of(event.type, event.data)
-            agent_k = pj.agent_key(gen, tenant, agent_id) if agent_id is not None else None
+            agent_keys = {agent_id: pj.agent_key(gen, tenant, agent_id) for agent_id in pj.agent_ids_of(event.type, event.data)}
             try:
-                update = pj.apply_event(models.get(agent_k) if agent_k else None, models.get(tenant_k), *event)
+                agents, overview = pj.apply_to_agents({a: models.get(k) for a, k in agent_keys.items()}, models.get(tenant_k), *event)
             except Exception:  # a projection bug must not stop the agent; fix it, then rebuild
                 log.exception("projector: cannot apply %s at %s/%s; skipping it", event.type, partition, offset)
                 self.rejected += 1
                 continue
-            if update.tenant is not None:
-                models[tenant_k] = changed[tenant_k] = update.tenant
-            if update.agent is not None and agent_k is not None:
-                models[agent_k] = changed[agent_k] = update.agent
-                members.add((pj.agents_set_key(gen, tenant), agent_id))  # type: ignore[arg-type]
+            if overview is not None:
+                models[tenant_k] = changed[tenant_k] = overview
+            for agent_id, summary in agents.items():
+                models[agent_keys[agent_id]] = changed[agent_keys[agent_id]] = summary
+                members.add((pj.agents_set_key(gen, tenant), agent_id))
         set_keys = list(changed)
         args: list[Any] = [gen, "" if raw_cp is None else raw_cp, todo[-1][0], len(set_keys), *(pj.dumps(changed[k]) for k in set_keys)]
         for set_key, member in sorted(members):

@@ -84,14 +84,14 @@ class _Generation:
             return
         tenant = event.meta.tenant_id
         tenant_k = pj.tenant_key(self.gen, tenant)
-        agent_id = pj.agent_id_of(event.type, event.data)
-        agent_k = pj.agent_key(self.gen, tenant, agent_id) if agent_id is not None else None
-        update = pj.apply_event(self.models.get(agent_k) if agent_k else None, self.models.get(tenant_k), *event)
-        if update.tenant is not None:
-            self.models[tenant_k] = update.tenant
+        agent_keys = {agent_id: pj.agent_key(self.gen, tenant, agent_id) for agent_id in pj.agent_ids_of(event.type, event.data)}
+        agents, overview = pj.apply_to_agents({a: self.models.get(k) for a, k in agent_keys.items()}, self.models.get(tenant_k), *event)
+        if overview is not None:
+            self.models[tenant_k] = overview
             self.dirty.add(tenant_k)
-        if update.agent is not None and agent_k is not None:
-            self.models[agent_k] = update.agent
+        for agent_id, summary in agents.items():
+            agent_k = agent_keys[agent_id]
+            self.models[agent_k] = summary
             self.dirty.add(agent_k)
             set_k = pj.agents_set_key(self.gen, tenant)
             if agent_id not in self.agent_sets.setdefault(set_k, set()):

@@ -36,8 +36,10 @@ CURRENT_KEY = "rm:current"
 
 AGENT_EVENTS = frozenset({"AgentCreated", "AgentConfigured", "AgentStarted", "AgentStopped", "TaskAssigned", "TaskCompleted", "TaskFailed"})
 TENANT_EVENTS = frozenset({"TenantCreated", "TenantConfigured"})
+#: Events about two agents: a reassignment moves an open task from one summary to the other.
+MOVE_EVENTS = frozenset({"TaskReassigned"})
 #: Events that change a read model; the others (security, access, billing) only advance the checkpoint.
-PROJECTED_EVENTS = AGENT_EVENTS | TENANT_EVENTS
+PROJECTED_EVENTS = AGENT_EVENTS | TENANT_EVENTS | MOVE_EVENTS
 
 AgentStatus = Literal["unknown", "created", "running", "stopped"]
 
@@ -192,6 +194,14 @@ def agent_id_of(event_type: str, data: Mapping[str, Any]) -> str | None:
     return str(data["agent_id"]) if event_type in AGENT_EVENTS and data.get("agent_id") is not None else None
 
 
+def agent_ids_of(event_type: str, data: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every agent an event is about: two for a reassignment (from, to), else ``agent_id_of``'s one or none."""
+    if event_type in MOVE_EVENTS:
+        return (str(data["from_agent_id"]), str(data["agent_id"]))
+    one = agent_id_of(event_type, data)
+    return () if one is None else (one,)
+
+
 # --- folds --------------------------------------------------------------------------------------
 
 
@@ -264,6 +274,33 @@ def evolve_tenant(
     else:
         raise ValueError(f"{event_type} is not projected into the tenant overview")
     return new
+
+
+def move_task(summary: Mapping[str, Any] | None, agent_id: str, meta: EventMeta, into: bool) -> dict[str, Any]:
+    """An agent summary after a reassignment took an open task from it (``into`` False) or gave it one."""
+    current = dict(summary) if summary is not None else AgentSummary(tenant_id=meta.tenant_id, agent_id=agent_id).model_dump(mode="json")
+    new = dict(current, last_activity=meta.occurred_at.isoformat())
+    if into:
+        new.update(tasks_assigned=current["tasks_assigned"] + 1, open_tasks=current["open_tasks"] + 1)
+    else:
+        new["open_tasks"] = max(0, current["open_tasks"] - 1)
+    return new
+
+
+def apply_to_agents(
+    agents: Mapping[str, Mapping[str, Any] | None], tenant: Mapping[str, Any] | None, event_type: str, data: Mapping[str, Any], meta: EventMeta
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """``apply_event`` for events about any number of agents: ``agents`` holds the summaries of
+    ``agent_ids_of(event)`` (None: not known yet); returns the changed summaries by agent id and
+    the tenant overview (None: unchanged)."""
+    ids = agent_ids_of(event_type, data)
+    if event_type in MOVE_EVENTS:
+        source, target = ids
+        overview = dict(tenant) if tenant is not None else TenantOverview(tenant_id=meta.tenant_id).model_dump(mode="json")
+        moved = {source: move_task(agents.get(source), source, meta, into=False), target: move_task(agents.get(target), target, meta, into=True)}
+        return moved, dict(overview, last_activity=meta.occurred_at.isoformat())
+    update = apply_event(agents.get(ids[0]) if ids else None, tenant, event_type, data, meta)
+    return ({ids[0]: update.agent} if ids and update.agent is not None else {}), update.tenant
 
 
 def apply_event(

@@ -30,7 +30,7 @@ from sinks.billing_usage import month_usage_sql, usage_table
 from streams.billing import Invoice, invoice
 
 if TYPE_CHECKING:
-    from sinks.query_api import QueryClient
+    from sinks.query_client import QueryClient
 
 AGGREGATES = "aggregates"
 

@@ -1,6 +1,6 @@
 """The worker's web server: the cube API as JSON for dashboards (``/cubes/{name}?...``).
 
-Same parameters and answers as the sink's query API (``sinks.query_api``). The worker does not
+Same parameters and answers as the sink's query API (``sinks.query_server``). The worker does not
 open embedded ClickHouse itself (the sink process owns it): ``QueryClient`` forwards to the sink,
 or queries a ClickHouse server directly when one is configured.
 """
@@ -11,7 +11,9 @@ import asyncio
 
 from faust.web import Request, Response, View
 
-from sinks.query_api import QueryClient, QueryError, QueryFailed, QueryUnavailable, UnknownCube, table_json
+from sinks.query_client import QueryClient
+from sinks.query_errors import QueryError, QueryFailed, QueryUnavailable, http_status
+from sinks.table_formats import table_json
 from streams.app import app, settings
 
 queries = QueryClient(settings, open_embedded=False)
@@ -24,12 +26,6 @@ class CubeView(View):
     async def get(self, request: Request, name: str) -> Response:
         try:
             table, rollup = await asyncio.to_thread(queries.cube_from_params, name, dict(request.query))
-        except UnknownCube as exc:
-            return self.json({"error": str(exc)}, status=404)
-        except QueryError as exc:
-            return self.json({"error": str(exc)}, status=400)
-        except QueryUnavailable as exc:
-            return self.json({"error": str(exc)}, status=503)
-        except QueryFailed as exc:
-            return self.json({"error": str(exc)}, status=500)
+        except (QueryError, QueryFailed, QueryUnavailable) as exc:
+            return self.json({"error": str(exc)}, status=http_status(exc))
         return self.json(table_json(table, rollup=rollup))

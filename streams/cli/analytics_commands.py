@@ -1,6 +1,6 @@
 """``agentstream cube list|query``, ``agentstream sql`` and ``agentstream export``: analytics from the CLI.
 
-All of them go through ``sinks.query_api.QueryClient``: the sink process's query API when it
+All of them go through ``sinks.query_client.QueryClient``: the sink process's query API when it
 runs (it owns the embedded chdb path), else the ClickHouse server of ``AGENTSTREAM_CLICKHOUSE_URL``,
 else the embedded path itself when no process holds it. Exit codes: 2 for bad input (unknown
 cube, measure, dimension, time, format, SQL ClickHouse refuses), 3 when no query service is
@@ -20,19 +20,11 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sinks.query_api import (
-    ExportResult,
-    QueryClient,
-    QueryError,
-    QueryFailed,
-    QueryUnavailable,
-    UnknownCube,
-    encode,
-    parse_time,
-    default_state_path,
-    run_exports,
-    write_table,
-)
+from sinks.export_runner import ExportResult, default_state_path, run_exports
+from sinks.query_client import QueryClient
+from sinks.query_errors import QueryError, QueryFailed, QueryUnavailable, UnknownCube
+from sinks.query_params import parse_time
+from sinks.table_formats import encode, write_table
 from streams.cli.console import console, err_console, fail
 from schemas.settings import get_settings
 from schemas.topology import TopologyError

@@ -21,7 +21,7 @@ from streams.cli.console import console, fail
 from schemas.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from sinks.query_api import QueryClient
+    from sinks.query_client import QueryClient
 
 AGENT_TYPES = ["llm", "retriever", "tool-runner", "planner"]
 REGIONS = ["eu-west-1", "us-east-1", "ap-south-1"]
@@ -182,7 +182,8 @@ def _read_side(settings: Settings, tenants: list[str], tally: Tally, timeout: fl
     import time
 
     from connectors.redis_store import redis_client
-    from sinks.query_api import QueryClient, QueryError, QueryUnavailable
+    from sinks.query_client import QueryClient
+    from sinks.query_errors import QueryError, QueryUnavailable
     from streams.queries import get_agent_summary
 
     r = redis_client(settings)
@@ -217,7 +218,7 @@ def _read_side(settings: Settings, tenants: list[str], tally: Tally, timeout: fl
 
 def _event_store_read(settings: Settings, client: QueryClient, tenant: str, agent: str) -> None:
     """One stream read through the event store (archive in ClickHouse + Kafka tail), and the archive's size."""
-    from sinks.query_api import QueryError, QueryUnavailable
+    from sinks.query_errors import QueryError, QueryUnavailable
     from streams.event_store import EventStore
 
     store = EventStore(settings)

@@ -106,7 +106,8 @@ def by_type(
 ) -> None:
     """Events of the given types appended since --since, in append order."""
     from schemas import default_registry
-    from sinks.query_api import QueryError, parse_time
+    from sinks.query_errors import QueryError
+    from sinks.query_params import parse_time
 
     _format(fmt)
     wanted = [t.strip() for t in types.split(",") if t.strip()]

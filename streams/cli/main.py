@@ -9,10 +9,13 @@ from rich.table import Table
 
 from streams.cli.analytics_commands import cube_cli, export_cli, sql
 from streams.cli.console import console, fail
+from streams.cli.dashboard_commands import dashboards_cli
 from streams.cli.demo import demo
 from streams.cli.dev_commands import dev
+from streams.cli.drift_commands import drift_cli
 from streams.cli.event_commands import events_cli
 from streams.cli.projection_commands import agents_cli, projections_cli
+from streams.cli.saga_commands import sagas_cli
 from streams.cli.schema_commands import schemas_cli
 from streams.cli.tenant_commands import billing_cli, tenants_cli
 from streams.cli.topology_commands import topology_cli
@@ -29,9 +32,12 @@ cli.add_typer(topology_cli, name="topology")
 cli.add_typer(projections_cli, name="projections")
 cli.add_typer(agents_cli, name="agents")
 cli.add_typer(events_cli, name="events")
+cli.add_typer(sagas_cli, name="sagas")
 cli.command()(demo)
 cli.add_typer(cube_cli, name="cube")
 cli.add_typer(export_cli, name="export")
+cli.add_typer(dashboards_cli, name="dashboards")
+cli.add_typer(drift_cli, name="drift")
 cli.command()(sql)
 cli.add_typer(tenants_cli, name="tenants")
 cli.add_typer(billing_cli, name="billing")
@@ -52,7 +58,7 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 @cli.command()
 def worker(
-    agents: str = typer.Option("", "--agents", help="Comma-separated agents to run here (default: all): command_handler, facts_builder, projector, billing."),
+    agents: str = typer.Option("", "--agents", help="Comma-separated agents to run here (default: all): command_handler, facts_builder, projector, sagas, provisioner, billing."),
 ) -> None:
     """Start a worker running the runtime agents (another worker process joins their groups and takes partitions)."""
     from streams.worker import UnknownAgent, run, select

@@ -3,7 +3,7 @@
 Tenants and their usage are read from the command side's committed state (the aggregates
 changelog, ``streams.tenant_admin``): exactly what the next command is decided against. Limits
 are changed the only way anything changes, by a command (``SetTenantQuota``). Invoices are read
-from the ClickHouse usage table through ``sinks.query_api.QueryClient`` (the sink's query API
+from the ClickHouse usage table through ``sinks.query_client.QueryClient`` (the sink's query API
 when it runs). Exit codes: 2 for bad input, 1 when a command is rejected or a read fails, 3 when
 no query service is reachable or a command is not answered in time.
 """
@@ -199,7 +199,8 @@ def invoice_command(
 ) -> None:
     """The month's invoice of a tenant: a line per metric and the total, in integer micro-units."""
     from sinks.billing_usage import check_month
-    from sinks.query_api import QueryClient, QueryError, QueryFailed, QueryUnavailable
+    from sinks.query_client import QueryClient
+    from sinks.query_errors import QueryError, QueryFailed, QueryUnavailable
     from streams.tenant_admin import read_invoice
 
     _check_tenant(tenant)

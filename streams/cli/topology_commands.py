@@ -52,16 +52,26 @@ def show(file: Path | None = FileOption) -> None:
     cubes = root.add("cubes")
     for cube in topology.cubes:
         cubes.add(f"[blue]{cube.name}[/] from {cube.source}: dimensions {', '.join(cube.dimensions)}; measures {', '.join(cube.measures)}")
+    if topology.drift is not None:
+        drift = root.add(f"drift -> {topology.drift.alerts_topic}")
+        for m in topology.drift.metrics:
+            drift.add(f"[red]{m.metric}[/]: {m.detector} {m.params} transform={m.transform} standardize={m.standardize} warmup={m.warmup} cooldown={m.cooldown}")
+        if topology.drift.anomaly is not None:
+            a = topology.drift.anomaly
+            drift.add(f"[red]anomaly[/]: {a.detector} {a.params} on {', '.join(f.metric for f in a.features)}; threshold={a.threshold} cooldown={a.cooldown}")
     console.print(root)
 
 
 @topology_cli.command()
 def validate(file: Path | None = FileOption) -> None:
-    """Check the file against the code: schemas exist, agents match both ways, tables co-partitioned."""
+    """Check the file against the code: schemas exist, agents match both ways, tables co-partitioned, drift detectors known to river."""
+    from dataclasses import replace
+
     topology = _load(file)
+    from streams.drift.catalog import check
     from streams.worker import code_view
 
-    problems = validate_topology(topology, code_view())
+    problems = validate_topology(topology, replace(code_view(), drift_checker=check))
     for problem in problems:
         console.print(f"[red]✗[/] {problem}", highlight=False)
     if problems:

@@ -1,12 +1,20 @@
-"""The pure core: aggregates (deciders) and the vocabulary they share. No I/O."""
+"""The pure core: aggregates (deciders) and the vocabulary they share. No I/O.
+
+What a decider needs beyond its stream (another stream's state, the declared cubes) comes in its
+``related`` argument, filled by the command processor.
+"""
 
 from streams.domain.agents import AGENT
 from streams.domain.core import Aggregate, Command, Event, Rejection, RejectionCode, replay
+from streams.domain.dashboards import dashboard_aggregate
 from streams.domain.tasks import TASK
 from streams.domain.tenants import TENANT
 
+
+DASHBOARD = dashboard_aggregate()
+
 #: Every aggregate the command handler knows.
-AGGREGATES: tuple[Aggregate, ...] = (AGENT, TENANT, TASK)
+AGGREGATES: tuple[Aggregate, ...] = (AGENT, TENANT, TASK, DASHBOARD)
 
 
 def aggregate_for(command_type: str) -> Aggregate | None:
@@ -34,4 +42,4 @@ def aggregate_for_stream(stream_id: str) -> Aggregate | None:
     return None
 
 
-__all__ = ["AGENT", "AGGREGATES", "TASK", "TENANT", "Aggregate", "Command", "Event", "Rejection", "RejectionCode", "aggregate_for", "aggregate_for_stream", "replay"]
+__all__ = ["AGENT", "AGGREGATES", "DASHBOARD", "TASK", "TENANT", "Aggregate", "Command", "Event", "Rejection", "RejectionCode", "aggregate_for", "aggregate_for_stream", "replay"]

@@ -57,6 +57,9 @@ class BatchProcessor(Protocol):
     def revoked(self, partitions: Sequence[int]) -> None:
         """Partitions were taken away (nothing of theirs is in flight)."""
 
+    def tick(self, partition: int, tables: Mapping[str, PartitionTable], out: Outputs, now: float) -> None:
+        """Act on wall-clock time ``now`` (epoch seconds) for an owned partition (agents with ``tick_interval_s``)."""
+
 
 class ProcessorBase:
     """A processor with no-op partition hooks."""
@@ -65,6 +68,9 @@ class ProcessorBase:
         """Nothing to do."""
 
     def revoked(self, partitions: Sequence[int]) -> None:
+        """Nothing to do."""
+
+    def tick(self, partition: int, tables: Mapping[str, PartitionTable], out: Outputs, now: float) -> None:
         """Nothing to do."""
 
 
@@ -83,7 +89,8 @@ class RuntimeAgent:
     ``inputs`` are consumed, ``tables`` live in memory per input partition and in a compacted
     changelog topic each, ``internal_topics`` (name -> the topic whose partition count it copies)
     are created by the worker when missing, like the changelogs. ``deadletter`` receives what the
-    broker would refuse (a record over its size limit). ``build`` makes the processor in the worker.
+    broker would refuse (a record over its size limit). With ``tick_interval_s`` the processor's
+    ``tick`` runs that often on wall-clock time, records or not. ``build`` makes the processor.
     """
 
     name: str
@@ -92,6 +99,7 @@ class RuntimeAgent:
     build: Callable[[AgentContext], BatchProcessor]
     internal_topics: Mapping[str, str] = field(default_factory=dict)
     deadletter: str | None = None
+    tick_interval_s: float | None = None
     description: str = ""
 
     def group_id(self, app_id: str) -> str:

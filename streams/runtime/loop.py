@@ -13,6 +13,10 @@ caused in one Kafka transaction. ``_commit`` owns the order:
    once, or (any failure) the transaction is aborted, the batch's table changes are dropped and
    the consumer is sent back to the batch's first offsets, so the batch is redone whole.
 
+An agent with a ``tick_interval_s`` is also called on wall-clock time for every partition it
+owns, whether records arrive or not (a saga's due deadlines); what a tick causes commits the
+same way, without input offsets.
+
 The commit is the only network wait of a turn. On assignment the loop fetches the committed
 offsets (``read_committed`` consumers ask for *stable* offsets, so an offset commit still
 pending in another worker's transaction is waited for), then restores the partitions' tables
@@ -39,6 +43,10 @@ from streams.runtime.agent import AgentContext, Batch, BatchProcessor, Outputs, 
 from streams.runtime.tables import PartitionTable, changelog_topic, restore
 
 log = logging.getLogger(__name__)
+
+
+class OversizeRow(RuntimeError):
+    """A table row larger than the broker takes: the agent must keep its rows smaller (logged, batch redone)."""
 
 
 @dataclass
@@ -128,11 +136,16 @@ class ExactlyOnceLoop:
         )
         consumer.subscribe(self.sources, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         log.info("%s: consuming %s as %s (transactional id %s)", self.agent.name, ", ".join(self.sources), self.group_id, self.transactional_id)
+        tick = self.agent.tick_interval_s
+        next_tick = time.monotonic() + (tick or 0)
         try:
             while not self.stop.is_set():
                 messages = self._take(consumer)
                 if messages:
                     self._turn(consumer, producer, messages)
+                if tick is not None and time.monotonic() >= next_tick:
+                    self._tick(consumer, producer)
+                    next_tick = time.monotonic() + tick
         finally:
             consumer.close()  # leaves the group: the partitions move at once (revocation runs here)
             producer.flush(5)
@@ -181,6 +194,41 @@ class ExactlyOnceLoop:
         self.stats.records += sum(map(len, by_partition.values()))
         self.stats.last_commit_at = time.monotonic()
 
+    def _tick(self, consumer: Consumer, producer: Producer) -> None:
+        """Let the processor act on wall-clock time (due deadlines) for every partition it owns.
+
+        What the ticks cause commits in one transaction with no input offsets; if it fails, the
+        table changes are dropped and the next tick decides again from the committed rows.
+        """
+        assert self._processor is not None
+        out = Outputs()
+        now = time.time()
+        touched = []
+        for partition, tables in list(self._tables.items()):
+            self._processor.tick(partition, tables, out, now)
+            touched.append(tables)
+        if not out.records and not any(t.changed for tables in touched for t in tables.values()):
+            return
+        producer.begin_transaction()
+        try:
+            self._commit(consumer, producer, out, touched, {})
+        except Exception as exc:
+            for tables in touched:
+                for table in tables.values():
+                    table.abort()
+            log.warning("%s: tick aborted (%s); the next tick decides again", self.agent.name, exc)
+            if isinstance(exc, KafkaException) and exc.args and exc.args[0].fatal():
+                raise
+            try:
+                producer.abort_transaction(60)
+            except KafkaException as abort_error:
+                if abort_error.args and abort_error.args[0].fatal():
+                    raise
+            return
+        for tables in touched:
+            for table in tables.values():
+                table.commit()
+
     def _commit(
         self,
         consumer: Consumer,
@@ -207,10 +255,14 @@ class ExactlyOnceLoop:
             for name, table in tables.items():
                 if table.changed:
                     for key, value in table.changes():
+                        if value is not None and len(value) > limit:
+                            # A state row cannot be dead-lettered: stop this batch loudly rather than lose the change.
+                            raise OversizeRow(f"row {key.decode()!r} of table {name} is {len(value)} bytes, over the record limit of {limit}")
                         self._produce(produce, producer, self.changelogs[name], key, value, None, table.partition)
-        # 3. The input offsets, fenced by the group's generation.
-        offsets = [TopicPartition(topic, partition, batch[-1].offset() + 1) for (topic, partition), batch in by_partition.items()]
-        producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 60)
+        # 3. The input offsets, fenced by the group's generation (a tick has none).
+        if by_partition:
+            offsets = [TopicPartition(topic, partition, batch[-1].offset() + 1) for (topic, partition), batch in by_partition.items()]
+            producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 60)
         # 4. Commit (flushes what is still buffered); retried while the broker says it may be.
         while True:
             try:
@@ -255,7 +307,9 @@ class ExactlyOnceLoop:
         fatal = isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError) and exc.args[0].fatal()
         if fatal:
             raise exc  # e.g. fenced by another process with this transactional id: start a new session
-        log.warning("%s: batch of %d records aborted (%s); redoing it from its first offsets", self.agent.name, sum(map(len, by_partition.values())), exc)
+        (log.error if isinstance(exc, OversizeRow) else log.warning)(
+            "%s: batch of %d records aborted (%s); redoing it from its first offsets", self.agent.name, sum(map(len, by_partition.values())), exc
+        )
         self.stats.aborted += 1
         try:
             producer.abort_transaction(60)

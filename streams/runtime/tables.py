@@ -62,6 +62,10 @@ class PartitionTable:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """The committed rows (not the current batch's changes), e.g. to index them on assignment."""
+        return iter(self._rows.items())
+
     def put(self, key: str, value: Any) -> None:
         """Change a row in the current batch (``None`` deletes it); the row must not be mutated afterwards."""
         self._pending[key] = _DELETED if value is None else value
@@ -91,7 +95,7 @@ class PartitionTable:
         self._pending.clear()
 
 
-def restore(config: dict[str, Any], topic: str, partitions: list[int], poll_s: float = 1.0, log_every_s: float = 10.0) -> dict[int, dict[str, Any]]:
+def restore(config: dict[str, Any], topic: str, partitions: list[int], poll_s: float = 0.05, log_every_s: float = 10.0) -> dict[int, dict[str, Any]]:
     """Read partitions of a changelog topic from the start to their end, ``read_committed``.
 
     The end is where librdkafka reports end-of-partition, which for a ``read_committed``
@@ -119,6 +123,7 @@ def restore(config: dict[str, Any], topic: str, partitions: list[int], poll_s: f
         started = last_note = time.monotonic()
         count = 0
         while waiting:
+            # consume() waits its whole timeout when fewer records are there: keep it short
             for message in consumer.consume(10_000, timeout=poll_s):
                 error = message.error()
                 if error is not None:

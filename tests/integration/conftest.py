@@ -53,11 +53,12 @@ def settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
         yield current
     finally:
         stack.down(echo=lambda line: print(line, file=sys.stderr))
-        logs = current.data_dir / "logs"
-        if request.session.testsfailed and logs.is_dir():  # the workers' logs outlive a failed run
-            kept = Path(tempfile.mkdtemp(prefix="agentstream-test-logs-"))
-            shutil.copytree(logs, kept, dirs_exist_ok=True)
-            print(f"worker logs of the failed run kept in {kept}", file=sys.stderr)
+        for artifacts in ("logs", "screenshots"):  # the workers' logs and the browser's screenshots outlive a failed run
+            found = current.data_dir / artifacts
+            if request.session.testsfailed and found.is_dir():
+                kept = Path(tempfile.mkdtemp(prefix=f"agentstream-test-{artifacts}-"))
+                shutil.copytree(found, kept, dirs_exist_ok=True)
+                print(f"{artifacts} of the failed run kept in {kept}", file=sys.stderr)
         shutil.rmtree(current.data_dir, ignore_errors=True)
 
 

@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from connectors.kafka_config import aiokafka_config
-from sinks.query_api import QueryClient
+from sinks.query_client import QueryClient
 from streams.client import CommandClient
 from streams.event_store import EventStore
 from schemas.messages import CommandAccepted

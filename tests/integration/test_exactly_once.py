@@ -166,3 +166,61 @@ def test_a_worker_that_lost_its_local_state_recovers_it_from_the_changelog(worke
     assert isinstance(after, CommandAccepted) and after.new_version == 7, after
     retry = asyncio.run(send("CreateAgent", {"agent_id": "keeper", "name": "K", "agent_type": "llm"}))
     assert retry.code == "InvariantViolated"  # the state, not an empty table, decided it
+
+
+def test_a_batch_with_poison_an_oversize_result_and_an_unknown_stream_is_handled_once_and_the_worker_stays_up(worker, applied, tmp_path):
+    """All in the first batch of a fresh worker whose record limit is small: each bad command gets its
+    typed answer (and a dead letter where the input is kept), the good ones around them are decided,
+    nothing is redone, and the worker keeps running."""
+    from schemas.messages import CommandRejected
+
+    t = tenant()
+    registry = default_registry()
+    good = registry.encode("CreateAgent", {"agent_id": "ok", "name": "Ok", "agent_type": "llm"})
+    huge = registry.encode("CreateAgent", {"agent_id": "big", "name": "Big", "agent_type": "llm", "config": {"blob": "x" * 30_000}})
+    unknown_stream = registry.encode("AppendEvents", {"stream_id": "nope-1", "events": []})
+    after = registry.encode("StartAgent", {"agent_id": "ok"})
+    records = [
+        ("good", *good, None),
+        ("poison", b"\xde\xad\xbe\xef", good[1], None),
+        ("huge", *huge, None),
+        ("unknown-stream", *unknown_stream, 0),
+        ("after", *after, None),
+    ]
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(**aiokafka_config(applied), acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            for cid, value, headers, expected in records:
+                meta = CommandMeta(command_id=f"{t}-{cid}", tenant_id=t, expected_version=expected)
+                await producer.send("commands.platform", key=t.encode(), value=value, headers=headers + meta.to_headers())
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    worker.stop()  # the records wait in the topic, then form the first batch of the worker below
+    small = WorkerProcess(tmp_path / "small.log", env={"AGENTSTREAM_KAFKA_MAX_RECORD_BYTES": "20000", "AGENTSTREAM_WORKER_ID": "small-limit"}, restart=False)
+    try:
+        asyncio.run(produce())
+        small.start()
+        ids = {f"{t}-{cid}" for cid, *_ in records}
+        deadline = time.monotonic() + 120
+        while len(_results(applied, ids)) < len(ids) and time.monotonic() < deadline:
+            time.sleep(1)
+        results = _results(applied, ids)
+        assert {cid: len(r) for cid, r in results.items()} == {cid: 1 for cid in ids}, small.log_tail()
+        answer = {cid.removeprefix(f"{t}-"): r[0] for cid, r in results.items()}
+        assert isinstance(answer["good"], CommandAccepted) and answer["good"].new_version == 1
+        assert isinstance(answer["poison"], CommandRejected) and answer["poison"].code == "ValidationFailed"
+        assert isinstance(answer["huge"], CommandRejected) and answer["huge"].code == "ValidationFailed" and "over the limit" in answer["huge"].message
+        assert isinstance(answer["unknown-stream"], CommandRejected) and answer["unknown-stream"].code == "ValidationFailed"
+        assert isinstance(answer["after"], CommandAccepted) and answer["after"].new_version == 2
+        streams = {headers_of(r).get("agentstream.stream_id") for r in read_topic(applied, "events.platform") if headers_of(r).get("agentstream.tenant_id") == t}
+        assert streams == {"agent-ok"}  # the oversize command changed nothing
+        reasons = [headers_of(r)["agentstream.dlq_reason"] for r in read_topic(applied, "deadletter.commands") if (r.key or b"").decode() == t]
+        assert sorted(reasons) == ["oversize-output", "undecodable", "unknown-stream"]
+        assert small.proc.poll() is None and "aborted" not in small.log_tail(100_000)
+    finally:
+        small.stop()
+        worker.start()

@@ -28,7 +28,10 @@ from aiohttp import web
 from connectors.clickhouse import clickhouse_client
 from sinks.clickhouse_schema import FACT_COLUMNS, cube_tables, ensure_schema
 from sinks.clickhouse_sink import fact_row
-from sinks.query_api import QueryClient, QueryError, UnknownCube, build_query_app, run_due_exports
+from sinks.export_runner import run_due_exports
+from sinks.query_client import QueryClient
+from sinks.query_errors import QueryError, UnknownCube
+from sinks.query_server import build_query_app
 from schemas.settings import Settings, get_settings
 from schemas.topology import CubeSpec, load_topology
 from tests.helpers import run_cli

@@ -37,7 +37,7 @@ from schemas import default_registry
 from schemas.billing import UsageRecord
 from schemas.messages import CommandAccepted, CommandMeta, CommandRejected, EventMeta, parse_result
 from schemas.topology import load_topology
-from sinks.query_api import QueryClient
+from sinks.query_client import QueryClient
 from streams.client import CommandClient
 from streams.domain.quotas import micros, to_ms
 from streams.supervisor import WorkerProcess

@@ -286,3 +286,23 @@ def test_the_quota_row_written_per_command_is_the_full_dump_through_json(qproc):
         assert through_json == {"state": quotas.dump(quotas.load(row["state"]))}
         assert quotas.load(through_json["state"]) == quotas.load(row["state"])
     assert quotas.load(store["acme/quota"]["state"]).tasks["t2"].slot is False  # the stop freed its slot
+
+
+def test_the_fast_event_headers_are_the_envelope_headers():
+    from datetime import UTC, datetime
+
+    from schemas.messages import EventMeta
+
+    for moment in (datetime(2026, 11, 30, 7, 1, 2, 345678, tzinfo=UTC), datetime(2026, 1, 1, tzinfo=UTC)):
+        model = EventMeta(event_id="e1", tenant_id="acme", stream_id="agent-a1", version=7, occurred_at=moment, command_id="c9")
+        fast = EventMeta.headers_for("e1", "acme", "agent-a1", 7, EventMeta.time_text(moment), "c9")
+        assert fast == model.to_headers()
+        assert EventMeta.from_headers(fast) == model
+
+
+def test_a_row_that_remembers_ids_as_a_list_of_pairs_still_answers_retries():
+    """Rows written before ``recent`` became a JSON object keep working."""
+    from streams.command_processor import _recent
+
+    assert _recent({"recent": [["c1", ["a"]], ["c2", ["b"]]]}) == {"c1": ["a"], "c2": ["b"]}
+    assert _recent({}) == {}

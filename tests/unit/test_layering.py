@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ["schemas", "connectors", "sinks", "streams"]
 #: Modules of the functional core: no I/O libraries, no shell.
-CORE = ["streams/domain", "streams/sagas", "streams/projections.py", "streams/facts.py", "streams/command_processor.py"]
+CORE = ["streams/domain", "streams/sagas", "streams/drift", "streams/projections.py", "streams/facts.py", "streams/command_processor.py"]
 IO_LIBRARIES = {"faust", "mode", "aiokafka", "confluent_kafka", "redis", "clickhouse_connect", "chdb", "aiohttp"}
 
 

@@ -27,16 +27,18 @@ COMMANDS = [
     "CreateAgent", "ConfigureAgent", "StartAgent", "StopAgent", "AssignTask", "CompleteTask",
     "FailTask", "CreateTenant", "ConfigureTenant", "UpdateSecurityPolicy", "GrantAccess", "RevokeAccess",
     "AppendEvents", "SetTenantQuota", "StartTask", "ReassignTask", "PrepareTenant", "TeardownTenant",
-    "RecordTenantPreparation", "CompleteTenantOnboarding", "FailTenantOnboarding",
+    "RecordTenantPreparation", "CompleteTenantOnboarding", "FailTenantOnboarding", "SaveDashboard", "DeleteDashboard",
 ]
 EVENTS = [
     "AgentCreated", "AgentConfigured", "AgentStarted", "AgentStopped", "TaskAssigned", "TaskCompleted",
     "TaskFailed", "TenantCreated", "TenantConfigured", "SecurityPolicyUpdated", "AccessGranted",
     "AccessRevoked", "BillingEvent", "TenantQuotaSet", "TaskStarted", "TaskReassigned", "TenantPrepared",
-    "TenantPreparationFailed", "TenantReady", "TenantOnboardingFailed",
+    "TenantPreparationFailed", "TenantReady", "TenantOnboardingFailed", "DashboardSaved", "DashboardDeleted",
 ]
 METADATA_FIELDS = {"tenant_id", "command_id", "event_id", "expected_version", "stream_id", "event_version"}
 
+_WIDGET = {"id": "n", "title": "Tasks", "type": "metric", "cube": "task_cube", "measures": ["task_count"], "dimensions": [],
+           "granularity": "hour", "range": "24h", "refresh_s": 60, "filters": {"region": ["eu"]}, "gauge_max": None}
 PAYLOADS: dict[str, dict[str, Any]] = {
     "AppendEvents": {"stream_id": "agent-a-1", "events": [{"type": "AgentStarted", "data_json": '{"agent_id": "a-1"}'}]},
     "CreateAgent": {"agent_id": "a-1", "name": "Summariser", "agent_type": "llm", "region": "us-east-1",
@@ -84,6 +86,10 @@ PAYLOADS: dict[str, dict[str, Any]] = {
     "SecurityPolicyUpdated": {"policy_id": "p-1", "rules": {"pii": "deny"}},
     "AccessGranted": {"principal": "user:ann", "role": "viewer"},
     "AccessRevoked": {"principal": "user:ann", "role": "viewer"},
+    "SaveDashboard": {"dashboard_id": "ops", "name": "Ops", "description": "", "roles": ["*"], "widgets": [_WIDGET]},
+    "DeleteDashboard": {"dashboard_id": "ops"},
+    "DashboardSaved": {"dashboard_id": "ops", "name": "Ops", "description": "", "roles": ["viewer"], "widgets": [_WIDGET]},
+    "DashboardDeleted": {"dashboard_id": "ops"},
     "BillingEvent": {"metric": "tokens", "quantity": 1234.0, "unit": "token",
                      "period_start": datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)},
 }
