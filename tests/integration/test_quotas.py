@@ -56,9 +56,25 @@ LIMITS = {"max_agents": 2, "max_concurrent_tasks": 2, "monthly_budget_micros": 4
 # --- the workload -----------------------------------------------------------------------------
 
 
-def _setup(tenants: list[str]) -> list[tuple[str, str, dict, str]]:
-    out = [(t, "CreateTenant", {"name": t.upper(), "plan": "free"}, f"{t}-create") for t in tenants]
-    return out + [(t, "SetTenantQuota", dict(LIMITS), f"{t}-limits") for t in tenants]
+def _created(tenants: list[str]) -> list[tuple[str, str, dict, str]]:
+    return [(t, "CreateTenant", {"name": t.upper(), "plan": "free"}, f"{t}-create") for t in tenants]
+
+
+def _limited(tenants: list[str]) -> list[tuple[str, str, dict, str]]:
+    return [(t, "SetTenantQuota", dict(LIMITS), f"{t}-limits") for t in tenants]
+
+
+def _wait_onboarded(settings, tenants: set[str], timeout: float = 180) -> None:
+    """Wait until the onboarding saga has made every tenant ready: it sets the plan's defaults as
+    the tenant's own limits first, so a test's own limits must come after it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = {headers_of(r)["agentstream.tenant_id"] for r in read_topic(settings, "events.platform")
+                 if headers_of(r).get("agentstream.schema") == "TenantReady" and headers_of(r).get("agentstream.tenant_id") in tenants}
+        if ready >= tenants:
+            return
+        assert time.monotonic() < deadline, f"{len(tenants - ready)} tenants not onboarded"
+        time.sleep(2)
 
 
 def _load(rng: random.Random, tenants: list[str], producer: int) -> list[tuple[str, str, dict, str]]:
@@ -161,6 +177,8 @@ def _audit_limits(t: str, events: list[tuple[str, dict, Any]]) -> list[str]:
             spent += micros(data["cost"])
         elif name == "AgentStopped":
             holds = {k: (a, r, s and a != data["agent_id"]) for k, (a, r, s) in holds.items()}
+        elif name == "TaskReassigned" and data["task_id"] in holds:  # the task saga moved it: it holds a slot again
+            holds[data["task_id"]] = (data["agent_id"], holds[data["task_id"]][1], True)
         slots = sum(1 for *_, s in holds.values() if s)
         peak = max(peak, slots)
         if spent + sum(r for _, r, _ in holds.values()) > LIMITS["monthly_budget_micros"]:
@@ -212,10 +230,12 @@ def test_limits_hold_and_billing_is_exact_under_crashes_and_retries(worker, appl
     wanted = set(tenants)
     env = {"AGENTSTREAM_CLICKHOUSE_URL": f"chdb://{tmp_path / 'chdb'}"}  # the sink's own chdb path
     sink = _start_sink(tmp_path, env)
-    setup = _setup(tenants)
-    asyncio.run(_produce(applied, setup, random.Random(0)))
-    answered = _wait_answered(applied, {cid for *_, cid in setup}, timeout=120)
-    assert all(isinstance(a[0], CommandAccepted) for a in answered.values()) and len(answered) == len(setup)
+    for setup in (_created(tenants), _limited(tenants)):
+        asyncio.run(_produce(applied, setup, random.Random(0)))
+        answered = _wait_answered(applied, {cid for *_, cid in setup}, timeout=120)
+        assert all(isinstance(a[0], CommandAccepted) for a in answered.values()) and len(answered) == len(setup)
+        if setup[0][1] == "CreateTenant":
+            _wait_onboarded(applied, wanted)
 
     loads = [_load(random.Random(p), tenants, p) for p in range(PRODUCERS)]
     ids = {cid for load in loads for *_, cid in load}
@@ -316,16 +336,17 @@ def test_tenants_cli_sets_quotas_and_shows_them(worker, applied):
     assert run_cli("tenants", "quota", "set", "--tenant", t).returncode == 2  # no limit given
     created = run_cli("send", "CreateTenant", "--tenant", t, "--data", json.dumps({"name": "Cli Co", "plan": "pro"}))
     assert created.returncode == 0, created.stderr
+    _wait_onboarded(applied, {t})  # the onboarding saga sets the plan's defaults first
     set_ = run_cli("tenants", "quota", "set", "--tenant", t, "--max-agents", "1", "--monthly-budget-micros", "2000000")
     assert set_.returncode == 0 and "accepted" in set_.stdout, set_.stderr
     assert run_cli("send", "CreateAgent", "--tenant", t, "--data", json.dumps({"agent_id": "a1", "name": "A", "agent_type": "llm"})).returncode == 0
     refused = run_cli("send", "CreateAgent", "--tenant", t, "--data", json.dumps({"agent_id": "a2", "name": "B", "agent_type": "llm"}))
     assert refused.returncode == 1 and "QuotaExceeded" in refused.stdout
     shown = json.loads(run_cli("tenants", "show", t, "--json").stdout)
-    assert shown["plan"] == "pro" and shown["overrides"] == {"max_agents": 1, "monthly_budget_micros": 2_000_000}
+    assert shown["plan"] == "pro" and {"max_agents": 1, "monthly_budget_micros": 2_000_000}.items() <= shown["overrides"].items()
     assert {r["quota"]: (r["usage"], r["limit"]) for r in shown["usage"]}["max_agents"] == (1, 1)
     listed = json.loads(run_cli("tenants", "list", "--json").stdout)
-    assert {"tenant": t, "name": "Cli Co", "plan": "pro", "onboarding": "pending", "agents": 1} .items() <= next(r for r in listed if r["tenant"] == t).items()
+    assert {"tenant": t, "name": "Cli Co", "plan": "pro", "onboarding": "ready", "agents": 1}.items() <= next(r for r in listed if r["tenant"] == t).items()
     table = run_cli("tenants", "usage", "--tenant", t)
     assert table.returncode == 0 and "max_agents" in table.stdout and "monthly_budget_micros" in table.stdout
     assert run_cli("tenants", "show", tenant()).returncode == 1  # unknown tenant
@@ -350,6 +371,7 @@ def test_every_command_with_another_tenants_ids_is_refused_and_changes_nothing(w
                 ("GrantAccess", {"principal": "alice", "role": "admin"}),
             ]:
                 assert isinstance(await send(owner, kind, data), CommandAccepted), kind
+            await asyncio.to_thread(_wait_onboarded, applied, {owner})  # the saga's steps are done before we look
             before = [e.meta.version for e in await _store_events(owner)]
             foreign = [
                 ("ConfigureAgent", {"agent_id": "a1", "config": {"x": "y"}}, None),
@@ -389,5 +411,5 @@ def test_every_command_with_another_tenants_ids_is_refused_and_changes_nothing(w
     not_refused = [(kind, r) for kind, r in refused if not isinstance(r, CommandRejected)]
     assert not not_refused, not_refused
     assert {kind for kind, _ in refused} >= {"ConfigureAgent", "AssignTask", "CompleteTask", "SetTenantQuota", "AppendEvents"}
-    assert before == after and len(before) == 7  # the owner's streams did not move
+    assert before == after and len(before) >= 7  # the owner's streams did not move
     assert isinstance(own, CommandAccepted) and own.tenant_id != owner and own.new_version == 1
