@@ -45,7 +45,7 @@ FROM ${PYTHON_IMAGE}
 
 # AGENTSTREAM_TOPOLOGY_PATH: installed packages do not sit beside topology.yaml, so point at
 #   the copy in /app.
-# AGENTSTREAM_DATA_DIR: worker state (RocksDB tables); mount a volume here.
+# AGENTSTREAM_DATA_DIR: logs and, for the sink, embedded ClickHouse (chdb); mount a volume here.
 # AGENTSTREAM_WEB_HOST: in a container the worker's web server must listen on 0.0.0.0 to be
 #   reachable from outside it (the default, 127.0.0.1, is reachable only from inside).
 ENV PATH=/opt/venv/bin:$PATH \

@@ -14,8 +14,10 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def own_stack(prefix: str, kafka_port: int, redis_port: int, **env: str) -> Iterator["Settings"]:
-    """Kafka (KRaft) and redis-server on 127.0.0.1 at the given ports with the topology applied.
+def own_stack(prefix: str, kafka_port: int, redis_port: int, registry_port: int | None = None, **env: str) -> Iterator["Settings"]:
+    """Kafka (KRaft), redis-server and the schema registry on 127.0.0.1 at the given ports (the
+    registry's defaults to ``kafka_port - 1011``) with the topology applied and this process's
+    schema ids bound, as a worker binds them.
 
     The settings come from ``AGENTSTREAM_*`` variables set here (plus ``env``, e.g.
     ``AGENTSTREAM_SINK_PORT``), so child processes (workers, sinks) inherit them. On exit the
@@ -28,12 +30,15 @@ def own_stack(prefix: str, kafka_port: int, redis_port: int, **env: str) -> Iter
             "AGENTSTREAM_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "AGENTSTREAM_DATA_DIR": str(data_dir),
             "AGENTSTREAM_LOG_LEVEL": "warn",
+            "AGENTSTREAM_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{registry_port or kafka_port - 1011}/apis/ccompat/v7",
             **env,
         }
     )
     from connectors.kafka_admin import apply
     from connectors.local_stack import LocalStack
+    from schemas import default_registry
     from schemas.settings import get_settings
+    from schemas.wire import bind
     from schemas.topology import load_topology
 
     get_settings.cache_clear()
@@ -42,6 +47,7 @@ def own_stack(prefix: str, kafka_port: int, redis_port: int, **env: str) -> Iter
     stack.up(echo=lambda line: None)
     try:
         apply(load_topology(settings.topology_path), settings, echo=lambda line: None)
+        bind(default_registry(), settings)
         yield settings
     finally:
         stack.down(echo=lambda line: None)

@@ -66,8 +66,10 @@ def event_records(tenants: int, agents: int, tasks: int, seed: int = 11) -> tupl
     """Per partition, the encoded event records in offset order; and the expected (completed, failed) per agent."""
     from schemas import default_registry
     from schemas.messages import EventMeta
+    from schemas.wire import MemoryIds
 
     registry = default_registry()
+    registry.attach(MemoryIds(), "memory:")  # the records never leave this process: ids without a registry
     rng = random.Random(seed)
     clock = time.time() - 86_400
     counter = 0

@@ -1,8 +1,8 @@
 """The declared topics against a live cluster: ``diff`` what differs, ``apply`` to make it so.
 
 Built on confluent-kafka's AdminClient. Topics that Faust manages itself (changelogs and the
-assignor topic, all prefixed by the app id) and Kafka's internal topics are not reported as
-extra.
+assignor topic, all prefixed by the app id), the schema registry's storage (``_schemas*``) and
+Kafka's internal topics are not reported as extra.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def diff(topology: Topology, settings: Settings, timeout: float = 10.0) -> list[
             have = configs[topic.name].get(key, "")
             if have != want:
                 drift.append(Drift(topic.name, "config", f"{key}={want}", f"{key}={have}"))
-    managed = (f"{settings.app_id}-", "__")
+    managed = (f"{settings.app_id}-", "__", "_schemas")
     for name in sorted(set(live) - declared):
         if not name.startswith(managed):
             drift.append(Drift(name, "extra", "absent", f"{live[name]} partitions"))

@@ -1,7 +1,9 @@
-"""The local stack without Docker: one KRaft Kafka broker from Maven jars and one redis-server.
+"""The local stack without Docker: one KRaft Kafka broker from Maven jars, one redis-server and
+one schema registry (Apicurio Registry from Maven, Confluent-compatible API).
 
-``LocalStack.up()`` fetches what is missing (the broker's jars with Maven, redis-server with
-apt), starts both on 127.0.0.1, waits until they answer, and records their pids under the
+``LocalStack.up()`` fetches what is missing (the broker's jars and the registry's app with Maven,
+redis-server with apt), starts them on 127.0.0.1 (the registry after the broker: it keeps its
+schemas in the broker, in the ``_schemas`` topics, so schema ids survive a restart), waits until they answer, and records their pids under the
 data directory. ``down()`` stops exactly the processes that a pid file names, after checking
 that the pid still belongs to this stack (its command line names this stack's directory).
 A service runs with its working directory in its own folder of the stack; that, not the pid
@@ -17,7 +19,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,10 @@ from schemas.settings import REPO_ROOT, Settings
 KAFKA_POM = REPO_ROOT / "dev" / "kafka" / "pom.xml"
 KAFKA_LIB = REPO_ROOT / "dev" / "kafka" / "target" / "lib"
 LOG4J_CONFIG = REPO_ROOT / "dev" / "kafka" / "log4j2.yaml"
+REGISTRY_POM = REPO_ROOT / "dev" / "registry" / "pom.xml"
+REGISTRY_TARGET = REPO_ROOT / "dev" / "registry" / "target"
+#: The registry's storage topics on the local broker (like Confluent Schema Registry's ``_schemas``).
+REGISTRY_TOPICS = ("_schemas", "_schemas-snapshots", "_schemas-events")
 
 
 class StackError(RuntimeError):
@@ -70,6 +78,37 @@ def fetch_kafka_jars(echo: Callable[[str], None] = print) -> Path:
     if result.returncode != 0:
         raise StackError(f"Maven could not fetch Kafka {version}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
     return KAFKA_LIB
+
+
+def registry_version() -> str:
+    """The Apicurio Registry version pinned in ``dev/registry/pom.xml``."""
+    text = REGISTRY_POM.read_text()
+    start = text.index("<apicurio.version>") + len("<apicurio.version>")
+    return text[start : text.index("</apicurio.version>", start)]
+
+
+def fetch_registry_app(echo: Callable[[str], None] = print) -> Path:
+    """Fetch and unpack the pinned Apicurio Registry app with Maven (once); return its runner jar."""
+    version = registry_version()
+    app_dir = REGISTRY_TARGET / f"apicurio-registry-{version}"
+    runner = app_dir / f"apicurio-registry-app-{version}-runner.jar"
+    if runner.exists():
+        return runner
+    archive = REGISTRY_TARGET / f"apicurio-registry-app-{version}-all.tar.gz"
+    if not archive.exists():
+        if shutil.which("mvn") is None:
+            raise StackError("Maven (mvn) is needed to fetch the schema registry; install it (apt-get install maven)")
+        echo(f"fetching Apicurio Registry {version} with Maven (first run only)…")
+        result = subprocess.run(["mvn", "-B", "-q", "-f", str(REGISTRY_POM), "process-resources"], capture_output=True, text=True)
+        if result.returncode != 0 or not archive.exists():
+            raise StackError(f"Maven could not fetch Apicurio Registry {version}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    unpacking = app_dir.with_name(app_dir.name + ".partial")
+    shutil.rmtree(unpacking, ignore_errors=True)
+    unpacking.mkdir(parents=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(unpacking, filter="data")
+    unpacking.rename(app_dir)
+    return runner
 
 
 def redis_server_binary(echo: Callable[[str], None] = print) -> str:
@@ -286,14 +325,61 @@ class RedisService(_Service):
             return False
 
 
+class RegistryService(_Service):
+    """Apicurio Registry (Confluent-compatible API under ``/apis/ccompat/v7``), storage on the broker.
+
+    KafkaSQL storage keeps every schema in the ``_schemas`` topics of the local broker, so the
+    ids already written into the event store still resolve after a restart; in-memory storage
+    would orphan them.
+    """
+
+    name = "registry"
+
+    def __init__(self, home: Path, port: int, kafka_port: int) -> None:
+        super().__init__(home, port)
+        self.kafka_port = kafka_port
+
+    def command(self, echo: Callable[[str], None]) -> list[str]:
+        runner = fetch_registry_app(echo)
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("java is needed to run the schema registry (OpenJDK 17 or newer)")
+        return [
+            java,
+            "-Xms64m",
+            "-Xmx384m",
+            "-Djava.awt.headless=true",
+            "-Dquarkus.http.host=127.0.0.1",
+            f"-Dquarkus.http.port={self.port}",
+            "-Dquarkus.http.access-log.enabled=false",
+            "-Dapicurio.storage.kind=kafkasql",
+            f"-Dapicurio.kafkasql.bootstrap.servers=127.0.0.1:{self.kafka_port}",
+            f"-Dapicurio.kafkasql.topic={REGISTRY_TOPICS[0]}",
+            f"-Dapicurio.kafkasql.snapshots.topic={REGISTRY_TOPICS[1]}",
+            f"-Dapicurio.events.kafka.topic={REGISTRY_TOPICS[2]}",
+            "-jar",
+            str(runner),
+        ]
+
+    def ready(self) -> bool:
+        if not _port_open(self.port):
+            return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/apis/ccompat/v7/subjects", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+
 class LocalStack:
-    """Kafka and Redis for one data directory, on the ports that the settings name."""
+    """Kafka, Redis and the schema registry for one data directory, on the ports that the settings name."""
 
     def __init__(self, settings: Settings) -> None:
         home = Path(settings.data_dir).resolve() / "stack"
         self.services: list[_Service] = [
             KafkaService(home / "kafka", settings.kafka_port),
             RedisService(home / "redis", settings.redis_port),
+            RegistryService(home / "registry", settings.schema_registry_port, settings.kafka_port),
         ]
 
     def up(self, echo: Callable[[str], None] = print, timeout: float = 90.0) -> list[str]:

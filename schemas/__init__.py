@@ -1,9 +1,14 @@
-"""The contracts every layer shares: Avro files for every command and event and their registry,
+"""The contracts every layer shares: Avro files for every command and event, their models and wire format,
 the envelopes (``messages``), the topology model (``topology``, ``exports``) and the settings.
 
 This package is the bottom layer: it imports nothing from ``connectors``, ``sinks`` or ``streams``.
 
+A process binds the schema ids once at start (``schemas.wire.bind(default_registry(), settings)``;
+in-memory ids here):
+
 >>> from schemas import default_registry
+>>> from schemas.wire import MemoryIds
+>>> default_registry().attach(MemoryIds(), "memory:")
 >>> value, headers = default_registry().encode("StartAgent", {"agent_id": "a-1"})
 >>> default_registry().decode(value, headers)[0]
 'StartAgent'

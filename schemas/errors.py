@@ -14,6 +14,9 @@ __all__ = [
     "SchemaValidationError",
     "SchemaDecodeError",
     "SchemaLoadError",
+    "SchemaNotBound",
+    "SchemaRegistryUnavailable",
+    "SchemaRejected",
 ]
 
 
@@ -70,3 +73,34 @@ class SchemaLoadError(SchemaError):
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"cannot load schema file {self.path}: {reason}")
+
+
+class SchemaNotBound(SchemaError, RuntimeError):
+    """A record cannot be framed: no schema registry gave this process its schema ids.
+
+    A process that writes commands or events calls :func:`schemas.wire.bind` at start.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no schema id for {name}: call schemas.wire.bind(registry, settings) when the process starts")
+
+
+class SchemaRegistryUnavailable(SchemaError, ConnectionError):
+    """The schema registry did not answer within the configured wait (``schema_registry_wait_s``)."""
+
+    def __init__(self, url: str, what: str, reason: str) -> None:
+        self.url = url
+        self.what = what
+        self.reason = reason
+        super().__init__(f"schema registry {url} unreachable while {what}: {reason}")
+
+
+class SchemaRejected(SchemaError, ValueError):
+    """The schema registry refused a schema version; ``reason`` is the registry's own message."""
+
+    def __init__(self, subject: str, version: int, reason: str) -> None:
+        self.subject = subject
+        self.version = version
+        self.reason = reason
+        super().__init__(f"the schema registry refused {subject} v{version}: {reason}")

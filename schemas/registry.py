@@ -1,10 +1,18 @@
-"""Schema registry: the Avro contracts of commands and events.
+"""Schema registry: the Avro contracts of commands and events, as this project needs them.
 
-Schemas live as one file per version, ``avro/<kind>s/<Name>.v<N>.avsc``. The registry
-loads them all at once, generates a pydantic model per schema version, validates,
-encodes (Avro schemaless binary + two Kafka headers naming schema and version),
-decodes (resolving the writer version to the latest reader version) and checks that
-every newer version can read data written with every older one.
+Schemas live as one file per version, ``avro/<kind>s/<Name>.v<N>.avsc``. This module loads them
+all at once, generates a pydantic model per schema version, validates, encodes and decodes, and
+runs the upcasters. Which bytes a record carries is the Confluent wire format (magic byte 0, the
+4-byte schema id of a Confluent-compatible schema registry, the Avro body), so any Kafka tool can
+read the store. The ids come from an :class:`IdSource` attached by :func:`schemas.wire.bind` at
+process start and are cached here: framing and parsing the 5-byte prefix costs a dict lookup,
+not a registry call. Reading an id that is not cached asks the source once.
+
+Records written before the wire format (schemaless Avro, the writer's version in the
+``agentstream.schema_version`` header) stay readable: that header marks them.
+
+Compatibility between versions is judged by the schema registry (``schemas.wire``); ``check``
+here is only an offline smoke test through fastavro's own schema resolution.
 
 Message metadata (ids, tenant, versions, timestamps) travels in Kafka headers handled
 elsewhere; the records here hold only the domain payload.
@@ -20,12 +28,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Protocol, Union
 
 import fastavro
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
-from .errors import SchemaDecodeError, SchemaLoadError, SchemaValidationError, UnknownSchema
+from .errors import SchemaDecodeError, SchemaLoadError, SchemaNotBound, SchemaValidationError, UnknownSchema
 from .upcasters import UPCASTERS, Upcasters
 
 __all__ = [
@@ -36,12 +44,21 @@ __all__ = [
     "SchemaVersion",
     "CompatibilityProblem",
     "SchemaRegistry",
+    "IdSource",
+    "MAGIC_BYTE",
+    "subject_of",
+    "schema_text",
 ]
 
 SCHEMA_HEADER = "agentstream.schema"
 """Kafka header carrying the schema name (utf-8)."""
 VERSION_HEADER = "agentstream.schema_version"
-"""Kafka header carrying the writer schema version as a decimal string (utf-8)."""
+"""Kafka header of the old format: the writer schema version as a decimal string (utf-8).
+
+Records in the Confluent wire format do not carry it (the id names the version); a record that
+carries it is schemaless Avro written before the wire format."""
+MAGIC_BYTE = 0
+"""First byte of a record in the Confluent wire format; the 4-byte big-endian schema id follows."""
 SCHEMA_ROOT: Path = Path(__file__).resolve().parent / "avro"
 """Directory holding the ``commands/`` and ``events/`` .avsc files."""
 
@@ -52,14 +69,6 @@ _FILENAME = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)\.v(?P<version>[1-9][0
 
 _PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
 _NAMED = {"record", "error", "enum", "fixed"}
-# Avro schema resolution: writer type -> reader types it may be promoted to.
-_PROMOTIONS = {
-    "int": {"long", "float", "double"},
-    "long": {"float", "double"},
-    "float": {"double"},
-    "string": {"bytes"},
-    "bytes": {"string"},
-}
 _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 
@@ -93,6 +102,38 @@ class CompatibilityProblem:
         return f"{self.name} v{self.reader_version} cannot read v{self.writer_version}: {self.reason}"
 
 
+class IdSource(Protocol):
+    """Where schema ids come from: a Confluent-compatible schema registry (``schemas.wire``).
+
+    Both calls may block (network); :class:`SchemaRegistry` caches what they return.
+    """
+
+    def id_for(self, sv: SchemaVersion) -> int:
+        """The registry id of ``sv`` under its subject (registering it if the source may)."""
+        ...
+
+    def schema_for(self, schema_id: int) -> str:
+        """The schema text the registry holds for ``schema_id``; UnknownSchema when it has none."""
+        ...
+
+
+def subject_of(name_or_version: "SchemaVersion | dict") -> str:
+    """The registry subject of a schema: its record's full name (``RecordNameStrategy``).
+
+    Several event types share a topic, so subjects follow the record, not the topic.
+    """
+    raw = name_or_version.raw if isinstance(name_or_version, SchemaVersion) else name_or_version
+    return _fullname(raw["name"], _namespace(raw))
+
+
+def schema_text(sv: SchemaVersion) -> str:
+    """The one text of ``sv`` that is registered (compact JSON of the file, docs and ``version`` kept).
+
+    Registries give ids by schema text, so every process registers exactly this text.
+    """
+    return json.dumps(sv.raw, separators=(",", ":"), ensure_ascii=False)
+
+
 class SchemaRegistry:
     """All schema versions found under one root directory, plus pydantic models for them.
 
@@ -110,6 +151,14 @@ class SchemaRegistry:
             by_name.setdefault(sv.name, []).append(sv)
         self._by_name = {n: sorted(vs, key=lambda s: s.version) for n, vs in sorted(by_name.items())}
         self._models: dict[tuple[str, int], type[BaseModel]] = {}
+        self._source: IdSource | None = None
+        #: (name, version) -> the 5-byte wire prefix (magic byte + id); id -> writer schema.
+        self._prefixes: dict[tuple[str, int], bytes] = {}
+        self._writers: dict[int, SchemaVersion] = {}
+        #: The registry URL the ids come from, and whether every schema was registered and its
+        #: id cached at bind time (``schemas.wire.bind`` sets both).
+        self.bound_to: str | None = None
+        self.bound_eagerly = False
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -199,63 +248,181 @@ class SchemaRegistry:
         except ValidationError as exc:
             raise SchemaValidationError(name, _problems(exc)) from None
 
+    # ------------------------------------------------------------------ schema ids
+    def attach(self, source: IdSource, bound_to: str) -> None:
+        """Take schema ids from ``source`` from now on (``schemas.wire.bind`` calls it).
+
+        Cached ids stay when ``bound_to`` names the same registry; another registry starts afresh.
+        """
+        if bound_to != self.bound_to:
+            self._prefixes.clear()
+            self._writers.clear()
+        self._source, self.bound_to = source, bound_to
+
+    def remember(self, name: str, version: int, schema_id: int) -> None:
+        """Cache the id of ``name`` v``version`` (what a registration returned), so encode never asks."""
+        sv = self.get(name, version)
+        self._prefixes[(sv.name, sv.version)] = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big")
+        self._writers[schema_id] = sv
+
+    def schema_id(self, name: str, version: int | None = None) -> int:
+        """The registry id of ``name`` (latest version unless ``version``), cached after the first ask.
+
+        Raises :class:`SchemaNotBound` when no source is attached, :class:`UnknownSchema` for an
+        unknown schema; a source may raise ``SchemaRegistryUnavailable``.
+        """
+        sv = self.get(name, version)
+        prefix = self._prefixes.get((sv.name, sv.version))
+        if prefix is None:
+            prefix = self._prefix(sv)
+        return int.from_bytes(prefix[1:5], "big")
+
+    def _prefix(self, sv: SchemaVersion) -> bytes:
+        if self._source is None:
+            raise SchemaNotBound(sv.name)
+        schema_id = self._source.id_for(sv)
+        prefix = bytes([MAGIC_BYTE]) + schema_id.to_bytes(4, "big")
+        self._prefixes[(sv.name, sv.version)] = prefix
+        self._writers[schema_id] = sv
+        return prefix
+
+    def writer(self, schema_id: int) -> SchemaVersion:
+        """The schema that id ``schema_id`` names, cached; the local file when it is one of ours.
+
+        An id whose schema is not among the files (written by a newer producer, say) is read
+        with the registry's schema as writer and resolved to the newest local version. Raises
+        :class:`UnknownSchema` when neither the cache nor the source knows the id.
+        """
+        found = self._writers.get(schema_id)
+        if found is not None:
+            return found
+        if self._source is None:
+            raise UnknownSchema(None, detail=f"schema id {schema_id} is not cached and no schema registry is bound (schemas.wire.bind)")
+        text = self._source.schema_for(schema_id)
+        try:
+            raw = json.loads(text)
+            name = raw["name"].rsplit(".", 1)[-1]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UnknownSchema(None, detail=f"schema id {schema_id} is not an Avro record schema") from None
+        local = {schema_text(sv): sv for sv in self._by_name.get(name, [])}
+        sv = local.get(json.dumps(raw, separators=(",", ":"), ensure_ascii=False))
+        if sv is None:
+            kind = self.get(name).kind  # UnknownSchema when the record is not ours at all
+            try:
+                parsed = fastavro.parse_schema(raw, named_schemas={})
+            except Exception as exc:
+                raise UnknownSchema(name, detail=f"schema id {schema_id} is not a valid Avro schema: {exc}") from None
+            version = raw.get("version") if isinstance(raw.get("version"), int) else 0
+            sv = SchemaVersion(name=name, version=version, kind=kind, path=Path(f"<schema id {schema_id}>"), schema=parsed, raw=raw)
+        self._writers[schema_id] = sv
+        return sv
+
     # ------------------------------------------------------------------ wire format
     def encode(
         self, name: str, data: Mapping[str, Any] | BaseModel, version: int | None = None
     ) -> tuple[bytes, list[tuple[str, bytes]]]:
-        """Validate ``data`` and encode it as Avro schemaless binary with ``version`` (default latest).
+        """Validate ``data`` and encode it in the Confluent wire format with ``version`` (default latest).
 
-        Returns ``(value, headers)``; headers are ``[(SCHEMA_HEADER, name), (VERSION_HEADER, "N")]``
-        as utf-8 bytes. Raises :class:`SchemaValidationError` or :class:`UnknownSchema`.
+        Returns ``(value, headers)``: ``value`` is magic byte 0, the 4-byte schema id, the Avro
+        body; headers are ``[(SCHEMA_HEADER, name)]`` (utf-8), so a reader can route by type
+        without decoding. Raises :class:`SchemaValidationError`, :class:`UnknownSchema` or
+        :class:`SchemaNotBound` (no registry bound).
         """
         sv = self.get(name, version)
         instance = self.validate(name, data, sv.version)
+        prefix = self._prefixes.get((sv.name, sv.version)) or self._prefix(sv)
         buf = io.BytesIO()
+        buf.write(prefix)
         try:
             fastavro.schemaless_writer(buf, sv.schema, instance.model_dump())
         except Exception as exc:  # validated already; anything left is a value Avro cannot hold
             raise SchemaValidationError(name, [f"<avro>: {exc}"]) from None
-        headers = [(SCHEMA_HEADER, sv.name.encode()), (VERSION_HEADER, str(sv.version).encode())]
-        return buf.getvalue(), headers
+        return buf.getvalue(), [(SCHEMA_HEADER, sv.name.encode())]
+
+    def encode_record(self, name: str, record: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """``encode`` for a record the code built itself (a decider's event), without the model round trip.
+
+        fastavro still refuses a value of the wrong type and fills a missing field's default;
+        the bytes are those ``encode`` writes (a unit test holds them equal). Raises
+        :class:`SchemaValidationError`, :class:`UnknownSchema` or :class:`SchemaNotBound`.
+        """
+        sv = self.get(name)
+        prefix = self._prefixes.get((sv.name, sv.version)) or self._prefix(sv)
+        buf = io.BytesIO()
+        buf.write(prefix)
+        try:
+            fastavro.schemaless_writer(buf, sv.schema, record)
+        except Exception as exc:
+            raise SchemaValidationError(name, [f"<avro>: {type(exc).__name__}: {exc}"]) from None
+        return buf.getvalue(), [(SCHEMA_HEADER, sv.name.encode())]
 
     def decode(
-        self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes]
+        self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes] | None
     ) -> tuple[str, BaseModel]:
-        """Decode a message written with the schema version named in ``headers``, read as the latest version.
+        """Decode a record, read as the latest version of its schema.
 
-        An older writer version is brought to the latest shape by Avro schema resolution, or,
-        when an upcaster chain starts at that version (:attr:`upcasters`), by reading the record
-        with the writer schema and applying the chain (then resolution for any remaining
-        additive versions) before validating with the latest model.
+        The writer schema is the one the record's id names (Confluent wire format), or, for a
+        record of the old format, the version its ``VERSION_HEADER`` names. An older writer
+        version is brought to the latest shape by Avro schema resolution, or, when an upcaster
+        chain starts at that version (:attr:`upcasters`), by reading the record with the writer
+        schema and applying the chain (then resolution for any remaining additive versions)
+        before validating with the latest model.
 
         Returns ``(name, model instance of the latest version)``. Raises only
-        :class:`UnknownSchema` (missing, malformed or unknown schema/version header) or
-        :class:`SchemaDecodeError` (garbage bytes, trailing bytes, unresolvable data).
+        :class:`UnknownSchema` (unknown id, missing or malformed schema headers of an old record)
+        or :class:`SchemaDecodeError` (garbage bytes, trailing bytes, unresolvable data); an
+        uncached id with the registry down raises ``SchemaRegistryUnavailable`` after waiting.
         """
-        found = _header_values(headers)
-        raw_name = found.get(SCHEMA_HEADER)
-        if raw_name is None:
-            raise UnknownSchema(None, detail=f"message has no {SCHEMA_HEADER!r} header")
-        try:
-            name = raw_name.decode("utf-8")
-        except (UnicodeDecodeError, AttributeError):
-            raise UnknownSchema(None, detail=f"{SCHEMA_HEADER!r} header is not utf-8 text") from None
-        raw_version = found.get(VERSION_HEADER)
-        if raw_version is None:
-            raise UnknownSchema(name, detail=f"message has no {VERSION_HEADER!r} header")
-        try:
-            text = raw_version.decode("utf-8")
-            if not text.isdigit():
-                raise ValueError(text)
-            version = int(text)
-        except (UnicodeDecodeError, AttributeError, ValueError):
-            raise UnknownSchema(name, detail=f"{VERSION_HEADER!r} header is not a decimal version: {raw_version!r}") from None
-        writer = self.get(name, version)
-        reader = self.get(name)
+        writer, name, record, _ = self._read(value, headers)
+        return name, self._model_of(writer, record)
+
+    def decode_record(
+        self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes] | None
+    ) -> tuple[str, dict[str, Any]]:
+        """``decode`` as a plain dict (equal to ``decode(...)[1].model_dump()``), for the hot paths.
+
+        Avro resolution already gives the latest version's shape and types, so no model is built;
+        a record an upcaster made is still validated by the model. Raises what ``decode`` raises.
+        """
+        writer, name, record, upcast = self._read(value, headers)
+        if upcast:
+            return name, self._model_of(writer, record).model_dump()
+        return name, record
+
+    def _read(
+        self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes] | None
+    ) -> tuple[SchemaVersion, str, dict[str, Any], bool]:
+        """(writer, name, the record in the latest version's shape, whether an upcaster made it)."""
         if not isinstance(value, (bytes, bytearray, memoryview)):
-            raise SchemaDecodeError(name, version, f"value must be bytes, got {type(value).__name__}")
+            raise SchemaDecodeError("<record>", None, f"value must be bytes, got {type(value).__name__}")
         data = bytes(value)
+        found = _header_values(headers)
+        if VERSION_HEADER in found:
+            name, version = _old_format_schema(found)
+            return self._read_body(self.get(name, version), data, 0)
+        if len(data) < 5 or data[0] != MAGIC_BYTE:
+            raise UnknownSchema(None, detail=_UNFRAMED)
+        schema_id = int.from_bytes(data[1:5], "big")
+        writer = self._writers.get(schema_id) or self.writer(schema_id)
+        named = found.get(SCHEMA_HEADER)
+        if named is not None and named != writer.name.encode():
+            raise SchemaDecodeError(writer.name, writer.version, f"schema id {schema_id} is {writer.name}, but the {SCHEMA_HEADER!r} header says {_text(named)}")
+        return self._read_body(writer, data, 5)
+
+    def _model_of(self, writer: SchemaVersion, record: dict[str, Any]) -> BaseModel:
+        try:
+            return self.model(writer.name).model_validate(record)
+        except ValidationError as exc:
+            raise SchemaDecodeError(writer.name, writer.version, "decoded record is invalid: " + "; ".join(_problems(exc))) from None
+        except Exception as exc:
+            raise SchemaDecodeError(writer.name, writer.version, f"{type(exc).__name__}: {exc}") from None
+
+    def _read_body(self, writer: SchemaVersion, data: bytes, offset: int) -> tuple[SchemaVersion, str, dict[str, Any], bool]:
+        """Read the Avro body at ``offset`` of ``data`` written with ``writer`` as the latest version."""
+        name, version = writer.name, writer.version
+        reader = self.get(name)
         buf = io.BytesIO(data)
+        buf.seek(offset)
         # A semantic change needs the writer-shaped record: resolution would drop the old field.
         upcasting = writer.version < reader.version and self.upcasters.has(name, writer.version)
         try:
@@ -266,12 +433,20 @@ class SchemaRegistry:
             raise SchemaDecodeError(name, version, f"{len(data) - buf.tell()} trailing bytes after the record")
         if upcasting:
             record = self._upcast(name, writer.version, reader, record)
-        try:
-            return name, self.model(name).model_validate(record)
-        except ValidationError as exc:
-            raise SchemaDecodeError(name, version, "decoded record is invalid: " + "; ".join(_problems(exc))) from None
-        except Exception as exc:
-            raise SchemaDecodeError(name, version, f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(record, dict):
+            raise SchemaDecodeError(name, version, f"decoded record is a {type(record).__name__}, not a record")
+        return writer, name, record, upcasting
+
+    def writer_of(self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes] | None) -> tuple[SchemaVersion, int | None]:
+        """(writer schema, schema id or None for the old format) of a record, without decoding its body."""
+        found = _header_values(headers)
+        if VERSION_HEADER in found:
+            return self.get(*_old_format_schema(found)), None
+        data = bytes(value or b"")
+        if len(data) < 5 or data[0] != MAGIC_BYTE:
+            raise UnknownSchema(None, detail=_UNFRAMED)
+        schema_id = int.from_bytes(data[1:5], "big")
+        return self.writer(schema_id), schema_id
 
     def _upcast(self, name: str, writer_version: int, reader: SchemaVersion, record: dict) -> dict:
         """Upcast a writer-shaped record to ``reader``'s shape (upcasters, then Avro resolution for the rest)."""
@@ -291,19 +466,20 @@ class SchemaRegistry:
 
     # ------------------------------------------------------------------ compatibility
     def check(self) -> list[CompatibilityProblem]:
-        """Check backward compatibility: every newer version reads data of every older version.
+        """An offline smoke check that every newer version reads data of every older version.
 
-        For each pair (older writer, newer reader) it applies the Avro schema-resolution
-        rules field by field (a reader field missing from the writer needs a default,
-        type changes must be promotions, enum symbols must exist, ...) and also encodes
-        generated sample records with the writer and reads them with the reader through
-        fastavro, validating the result with the reader's model. Empty list = compatible.
+        For each pair (older writer, newer reader) it writes sample records exercising every
+        field of the writer (unions once with values, once with nulls) and reads them as the
+        reader through fastavro's schema resolution, then validates the result with the reader's
+        model. The judge of compatibility is the schema registry (``schemas.wire.check`` and
+        every registration); this catches the common mistakes before a registry is at hand.
+        Empty list = compatible.
         """
         problems: list[CompatibilityProblem] = []
         for name, vs in self._by_name.items():
             for i, writer in enumerate(vs):
                 for reader in vs[i + 1 :]:
-                    reasons = _static_problems(writer, reader) + self._dynamic_problems(writer, reader)
+                    reasons = self._dynamic_problems(writer, reader)
                     seen: set[str] = set()
                     for reason in reasons:
                         if reason not in seen:
@@ -405,21 +581,6 @@ def _resolve(schema: Any, names: dict[str, dict], namespace: str) -> tuple[Any, 
             return schema, _namespace(schema, namespace)
         else:
             return schema, namespace
-
-
-def _type_name(schema: Any) -> str:
-    if isinstance(schema, str):
-        return schema
-    if isinstance(schema, list):
-        return "union"
-    t = schema.get("type")
-    return t if isinstance(t, str) else _type_name(t)
-
-
-def _describe(schema: Any) -> str:
-    if isinstance(schema, dict) and schema.get("type") in _NAMED:
-        return f"{schema['type']} {schema.get('name')}"
-    return _type_name(schema)
 
 
 # ====================================================================== model generation
@@ -536,6 +697,35 @@ def _problems(exc: ValidationError) -> list[str]:
     return out
 
 
+_UNFRAMED = f"the record names no schema: neither the Confluent wire format (magic byte 0 + 4-byte schema id) nor a {VERSION_HEADER!r} header"
+
+
+def _text(raw: Any) -> str:
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    return "<record>" if raw is None else str(raw)
+
+
+def _old_format_schema(found: Mapping[str, Any]) -> tuple[str, int]:
+    """(name, version) named by the headers of an old-format record; UnknownSchema when malformed."""
+    raw_name = found.get(SCHEMA_HEADER)
+    if raw_name is None:
+        raise UnknownSchema(None, detail=f"message has no {SCHEMA_HEADER!r} header")
+    try:
+        name = raw_name.decode("utf-8")
+    except (UnicodeDecodeError, AttributeError):
+        raise UnknownSchema(None, detail=f"{SCHEMA_HEADER!r} header is not utf-8 text") from None
+    raw_version = found.get(VERSION_HEADER)
+    try:
+        text = raw_version.decode("utf-8")
+        if not text.isdigit():
+            raise ValueError(text)
+        version = int(text)
+    except (UnicodeDecodeError, AttributeError, ValueError):
+        raise UnknownSchema(name, detail=f"{VERSION_HEADER!r} header is not a decimal version: {raw_version!r}") from None
+    return name, version
+
+
 def _header_values(headers: Any) -> dict[str, Any]:
     """Normalise Kafka headers (list of pairs or mapping; str or bytes keys) to ``{str: value}``; last wins."""
     items: Iterable[Any]
@@ -569,80 +759,6 @@ def _header_values(headers: Any) -> dict[str, Any]:
 
 
 # ====================================================================== compatibility helpers
-def _static_problems(writer: SchemaVersion, reader: SchemaVersion) -> list[str]:
-    w_ns, r_ns = _namespace(writer.raw), _namespace(reader.raw)
-    w_names = _named_types(writer.raw, w_ns)
-    r_names = _named_types(reader.raw, r_ns)
-    problems: list[str] = []
-    _compare(writer.raw, w_names, w_ns, reader.raw, r_names, r_ns, "", problems, set())
-    return problems
-
-
-def _matches(w: Any, w_names: dict, w_ns: str, r: Any, r_names: dict, r_ns: str) -> bool:
-    found: list[str] = []
-    _compare(w, w_names, w_ns, r, r_names, r_ns, "", found, set())
-    return not found
-
-
-def _compare(
-    w: Any, w_names: dict, w_ns: str, r: Any, r_names: dict, r_ns: str,
-    path: str, problems: list[str], seen: set[tuple[str, str]],
-) -> None:
-    """Append to ``problems`` every way data of writer type ``w`` cannot be read as reader type ``r``."""
-    w, w_ns = _resolve(w, w_names, w_ns)
-    r, r_ns = _resolve(r, r_names, r_ns)
-    at = path or "<record>"
-    if isinstance(w, list):  # every writer branch must resolve
-        for branch in w:
-            if isinstance(r, list):
-                if not any(_matches(branch, w_names, w_ns, rb, r_names, r_ns) for rb in r):
-                    problems.append(f"{at}: writer union branch {_describe(_resolve(branch, w_names, w_ns)[0])} not in reader union")
-            else:
-                _compare(branch, w_names, w_ns, r, r_names, r_ns, path, problems, seen)
-        return
-    if isinstance(r, list):
-        if not any(_matches(w, w_names, w_ns, rb, r_names, r_ns) for rb in r):
-            problems.append(f"{at}: writer type {_describe(w)} matches no branch of the reader union")
-        return
-    wt, rt = _type_name(w), _type_name(r)
-    if wt != rt:
-        if rt not in _PROMOTIONS.get(wt, set()):
-            problems.append(f"{at}: type changed from {_describe(w)} to {_describe(r)} (not a promotion)")
-        return
-    if wt in ("record", "error"):
-        w_full, r_full = _fullname(w["name"], w_ns), _fullname(r["name"], r_ns)
-        if (w_full, r_full) in seen:
-            return
-        seen = seen | {(w_full, r_full)}
-        if w["name"].rsplit(".", 1)[-1] != r["name"].rsplit(".", 1)[-1] and w_full not in r.get("aliases", []):
-            problems.append(f"{at}: record name changed from {w['name']} to {r['name']}")
-            return
-        w_fields = {f["name"]: f for f in w.get("fields", [])}
-        for rf in r.get("fields", []):
-            sub = f"{path}.{rf['name']}" if path else rf["name"]
-            wf = w_fields.get(rf["name"]) or next(
-                (w_fields[a] for a in rf.get("aliases", []) if a in w_fields), None
-            )
-            if wf is None:
-                if "default" not in rf:
-                    problems.append(f"{sub}: reader field missing from writer and has no default")
-            else:
-                _compare(wf["type"], w_names, w_ns, rf["type"], r_names, r_ns, sub, problems, seen)
-    elif wt == "enum":
-        if w["name"].rsplit(".", 1)[-1] != r["name"].rsplit(".", 1)[-1]:
-            problems.append(f"{at}: enum name changed from {w['name']} to {r['name']}")
-        missing = [s for s in w["symbols"] if s not in r["symbols"]]
-        if missing and "default" not in r:
-            problems.append(f"{at}: enum symbols {missing} removed and the reader enum has no default")
-    elif wt == "fixed":
-        if w["name"].rsplit(".", 1)[-1] != r["name"].rsplit(".", 1)[-1] or w["size"] != r["size"]:
-            problems.append(f"{at}: fixed {w['name']}[{w['size']}] is not {r['name']}[{r['size']}]")
-    elif wt == "array":
-        _compare(w["items"], w_names, w_ns, r["items"], r_names, r_ns, f"{path}[]", problems, seen)
-    elif wt == "map":
-        _compare(w["values"], w_names, w_ns, r["values"], r_names, r_ns, f"{path}{{}}", problems, seen)
-
-
 def _sample(schema: Any, names: dict[str, dict], namespace: str, prefer_null: bool, stack: set[str]) -> Any:
     """A deterministic record of writer ``schema`` exercising every field (unions: first non-null branch)."""
     schema, namespace = _resolve(schema, names, namespace)

@@ -50,6 +50,21 @@ class Settings(BaseSettings):
     #: larger is dead-lettered before the batch is sent, never retried.
     kafka_max_record_bytes: int = 1_000_000
 
+    # Schema registry (any Confluent-compatible one: Confluent, Apicurio's ccompat API, Karapace, Redpanda)
+    #: Base URL of the registry's Confluent-compatible API; the local stack's Apicurio serves it
+    #: under ``/apis/ccompat/v7``.
+    schema_registry_url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
+    #: HTTP basic auth (Confluent Cloud: API key and secret); both or neither.
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    #: CA bundle that signs the registry's TLS certificate (an https URL with a private CA).
+    schema_registry_ca_file: Path | None = None
+    #: Seconds one registry request may take.
+    schema_registry_timeout_s: float = 10.0
+    #: Seconds a process waits (retrying, with a log line per try) for an unreachable registry
+    #: before it gives up on binding or on resolving one schema id; 0 waits forever.
+    schema_registry_wait_s: float = 120.0
+
     # Stores
     clickhouse_url: str = ""  # empty: embedded chdb under data_dir (filled in below)
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:16379/0")
@@ -102,6 +117,12 @@ class Settings(BaseSettings):
         """Port of the first bootstrap server (the local stack listens there)."""
         first = self.kafka_bootstrap_servers.split(",")[0]
         return int(first.rsplit(":", 1)[1])
+
+    @property
+    def schema_registry_port(self) -> int:
+        """Port in the schema registry URL (the local stack's registry listens there)."""
+        parts = urlsplit(self.schema_registry_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
 
     @property
     def redis_port(self) -> int:

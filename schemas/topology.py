@@ -40,6 +40,9 @@ class TopicSpec(_Spec):
     key: str = Field(description="what the record key is, e.g. tenant_id")
     schemas: list[str] = Field(default_factory=list, description="Avro schemas the values may carry")
     value_format: Literal["avro", "json", "bytes"] = "avro"
+    compatibility: Literal[
+        "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL", "FULL_TRANSITIVE", "NONE"
+    ] = Field(default="BACKWARD_TRANSITIVE", description="schema registry compatibility level of the schemas it carries")
     config: dict[str, str] = Field(default_factory=dict, description="further topic configs")
     description: str = ""
 

@@ -10,6 +10,9 @@ One row per event: tenant, stream, version, type, the writer's schema version, i
 decider gave the event (``occurred_at``), the time Kafka appended it (``appended_at``), the
 payload as JSON text read at the newest schema version (for SQL), and the record's Avro bytes
 exactly as written (``value``, so a reader decodes it like a Kafka record, upcasters included).
+``schema_id`` is the registry id the value is framed with (Confluent wire format); 0 marks an
+event written before the wire format (schemaless Avro, its version in a header), whose headers
+``archive_headers`` rebuilds that way.
 The table is declared as a ClickHouse sink of ``events.platform`` in ``topology.yaml``; its
 ``target`` is ``database.table``. It has no TTL: it is kept as long as the events.
 """
@@ -40,6 +43,7 @@ ARCHIVE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("version", "UInt64"),
     ("event_type", "LowCardinality(String)"),
     ("schema_version", "UInt16"),
+    ("schema_id", "UInt32"),
     ("event_id", "String"),
     ("command_id", "String"),
     ("occurred_at", "DateTime64(6, 'UTC')"),
@@ -51,7 +55,7 @@ ARCHIVE_COLUMNS: tuple[tuple[str, str], ...] = (
 #: What a read of the archive returns, in this order, as Arrow types.
 READ_COLUMNS: Mapping[str, pa.DataType] = {
     "tenant": pa.string(), "stream_id": pa.string(), "version": pa.int64(), "event_type": pa.string(),
-    "schema_version": pa.int32(), "event_id": pa.string(), "command_id": pa.string(),
+    "schema_version": pa.int32(), "schema_id": pa.int64(), "event_id": pa.string(), "command_id": pa.string(),
     "occurred_at": pa.timestamp("us", tz="UTC"), "appended_at": pa.timestamp("ms", tz="UTC"),
     "value": pa.binary(), "kafka_partition": pa.int32(), "kafka_offset": pa.int64(),
 }
@@ -135,12 +139,12 @@ def archive_row(record: Any, registry: SchemaRegistry) -> list[Any]:
     try:
         meta = EventMeta.from_headers(record.headers)
         name, payload = registry.decode(record.value, record.headers)
+        writer, schema_id = registry.writer_of(record.value, record.headers)
     except (EnvelopeError, SchemaError) as exc:
         raise InvalidEvent(str(exc)) from exc
-    version = dict(record.headers or []).get(VERSION_HEADER, b"0")
     appended = dt.datetime.fromtimestamp(record.timestamp / 1000, dt.timezone.utc)
     return [
-        meta.tenant_id, meta.stream_id, meta.version, name, int(version), meta.event_id, meta.command_id,
+        meta.tenant_id, meta.stream_id, meta.version, name, writer.version, schema_id or 0, meta.event_id, meta.command_id,
         meta.occurred_at.astimezone(dt.timezone.utc), appended, payload.model_dump_json(), record.value,
     ]
 
@@ -203,12 +207,19 @@ def read_archive(
 
 
 def archive_headers(row: Mapping[str, Any]) -> list[tuple[str, bytes]]:
-    """The Kafka headers of an archived event (schema and envelope), to decode it like a record."""
+    """The Kafka headers of an archived event (schema and envelope), to decode it like a record.
+
+    An event framed with a schema id names only its type; an older one (``schema_id`` 0) its
+    type and writer version, as it was written.
+    """
     meta = EventMeta(
         event_id=row["event_id"], tenant_id=row["tenant"], stream_id=row["stream_id"], version=row["version"],
         occurred_at=row["occurred_at"], command_id=row["command_id"],
     )
-    return [(SCHEMA_HEADER, row["event_type"].encode()), (VERSION_HEADER, str(row["schema_version"]).encode()), *meta.to_headers()]
+    schema = [(SCHEMA_HEADER, row["event_type"].encode())]
+    if not row.get("schema_id"):
+        schema.append((VERSION_HEADER, str(row["schema_version"]).encode()))
+    return [*schema, *meta.to_headers()]
 
 
 def positions_header(positions: Mapping[int, int]) -> str:

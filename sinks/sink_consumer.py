@@ -35,7 +35,9 @@ from sinks.clickhouse_sink import FactsSink, InvalidRow, RetryInfo, SinkClosed, 
 from sinks.billing_usage import BILLING_TOPIC, UsageSink, ensure_usage, usage_table
 from sinks.drift_alerts import ALERTS_TOPIC, AlertsSink, alerts_table, ensure_alerts
 from sinks.events_archive import EVENTS_TOPIC, ArchiveSink, archive_table, ensure_archive
+from schemas import default_registry
 from schemas.settings import Settings
+from schemas.wire import bind
 from schemas.topology import CubeSpec, Topology
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class SinkConsumer:
         self.sinks: dict[str, TableSink] = {FACTS_TOPIC: FactsSink(self.client, self.cube, FACTS_TOPIC, **options)}
         self._inputs: dict[str, Callable[[Any], Any]] = {FACTS_TOPIC: lambda record: json.loads(record.value)}
         if self.archive is not None:
+            bind(default_registry(), settings, eager=False)  # the ids of archived events, fetched once each
             self.sinks[EVENTS_TOPIC] = ArchiveSink(self.client, self.archive, **options)
             self._inputs[EVENTS_TOPIC] = lambda record: record
         if self.usage is not None:

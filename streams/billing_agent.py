@@ -40,8 +40,7 @@ class BillingMeter(ProcessorBase):
             try:
                 meta = EventMeta.from_headers(headers)
                 if schema in _DECODED:
-                    name, payload = self.registry.decode(value, headers)
-                    data = payload.model_dump()
+                    name, data = self.registry.decode_record(value, headers)
                 else:
                     name, data = (schema or b"").decode(errors="replace"), None
             except (SchemaError, EnvelopeError) as exc:

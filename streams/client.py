@@ -16,6 +16,7 @@ from connectors.kafka_topics import topic_partitions
 from schemas import SchemaRegistry, UnknownSchema, default_registry
 from schemas.messages import CommandAccepted, CommandMeta, CommandRejected, new_id, parse_result
 from schemas.settings import Settings
+from schemas.wire import bind
 
 COMMANDS_TOPIC = "commands.platform"
 RESULTS_TOPIC = "results.commands"
@@ -51,7 +52,8 @@ class CommandClient:
         await self.stop()
 
     async def start(self) -> None:
-        """Connect the producer and the results reader."""
+        """Bind the schema registry (ids fetched on first use), connect the producer and the results reader."""
+        await asyncio.to_thread(bind, self.registry, self.settings, eager=False)
         conf = aiokafka_config(self.settings)
         self._producer = AIOKafkaProducer(**conf, acks="all", enable_idempotence=True)
         await self._producer.start()

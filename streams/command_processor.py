@@ -155,13 +155,13 @@ class CommandProcessor:
         if key is not None and key.decode(errors="replace") != meta.tenant_id:
             return self._reject(meta, RejectionCode.VALIDATION_FAILED, f"message key '{key.decode(errors='replace')}' is not the tenant id '{meta.tenant_id}'", "key-mismatch")
         try:
-            name, payload = self.registry.decode(value, headers)
+            name, data = self.registry.decode_record(value, headers)
         except UnknownSchema as exc:
             return self._reject(meta, RejectionCode.UNKNOWN_COMMAND, str(exc), "unknown-schema")
         except (SchemaDecodeError, SchemaValidationError, SchemaError) as exc:
             return self._reject(meta, RejectionCode.VALIDATION_FAILED, str(exc), "undecodable")
         now = self.clock()
-        command = Command(name, payload.model_dump(), meta.tenant_id, at=now)
+        command = Command(name, data, meta.tenant_id, at=now)
         if name == APPEND_EVENTS:
             aggregate = aggregate_for_stream(command.data["stream_id"])
             if aggregate is None:
@@ -213,12 +213,13 @@ class CommandProcessor:
         for event in decision:
             version += 1
             state = aggregate.evolve(state, event)
-            body, schema_headers = self.registry.encode(event.type, event.data)
+            body, schema_headers = self.registry.encode_record(event.type, event.data)
             event_id = self.ids()
             headers_out = EventMeta.headers_for(event_id, meta.tenant_id, stream_id, version, occurred_at, meta.command_id)
             appended.append(AppendedEvent(body, schema_headers + headers_out))
-            refs.append(EventRef(type=event.type, version=version, event_id=event_id))
-        result = CommandAccepted(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
+            refs.append(EventRef.model_construct(type=event.type, version=version, event_id=event_id))
+        # Our own, already checked values: built without validating them again (the hot path).
+        result = CommandAccepted.model_construct(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
         extra_rows: dict[str, dict[str, Any]] = {}
         if quota is not None:
             qkey, qrow, qdumped, limits = quota

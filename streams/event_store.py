@@ -44,6 +44,7 @@ from streams.command_processor import APPEND_EVENTS
 from streams.domain import Event, aggregate_for_stream, replay
 from schemas.messages import CommandAccepted, CommandRejected, EnvelopeError, EventMeta, Snapshot, utcnow
 from schemas.settings import Settings
+from schemas.wire import bind
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class EventStore:
     def __init__(self, settings: Settings, registry: SchemaRegistry | None = None, *, use_archive: bool = True) -> None:
         self.settings = settings
         self.registry = registry or default_registry()
+        bind(self.registry, settings, eager=False)  # ids of the records it reads, fetched once each
         # Never opens an embedded chdb path itself: that belongs to the sink process.
         self._archive = QueryClient(settings, open_embedded=False, timeout=60.0) if use_archive else None
         #: How the last read found its events: "archive+kafka" or "kafka".

@@ -38,12 +38,12 @@ class FactsBuilder(ProcessorBase):
             if schema is not None and schema not in _FOLDED:
                 continue  # an event no fact needs: skip decoding it
             try:
-                name, payload = self.registry.decode(message.value(), headers)
+                name, data = self.registry.decode_record(message.value(), headers)
                 meta = EventMeta.from_headers(headers)
             except (SchemaError, EnvelopeError) as exc:
                 log.warning("facts_builder: skipping unreadable event at %s:%s: %s", message.partition(), message.offset(), exc)
                 continue
-            changes, fact = fold(name, payload.model_dump(), meta, context)
+            changes, fact = fold(name, data, meta, context)
             for key, value in changes.items():
                 context.put(key, value)
             if fact is not None:

@@ -26,6 +26,7 @@ from connectors.redis_store import async_redis_client
 from schemas import SchemaRegistry, default_registry
 from streams import projections as pj
 from schemas.settings import Settings
+from schemas.wire import bind
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +158,7 @@ async def rebuild_async(
     """The coroutine behind :func:`rebuild` (same promises)."""
     started = time.monotonic()
     registry = registry or default_registry()
+    await asyncio.to_thread(bind, registry, settings, eager=False)
     r = async_redis_client(settings)
     consumer = AIOKafkaConsumer(**aiokafka_config(settings), enable_auto_commit=False, isolation_level="read_committed", auto_offset_reset="earliest")
     await consumer.start()

@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 from faust.web import Request, Response, View
 
 from schemas import default_registry, topics
+from schemas.wire import bind
 from schemas.topology import CodeView
 from streams import billing_agent, facts_agent, handlers, projection_agent, provisioner_agent, saga_agent
 from streams import web_views  # noqa: F401  (registers /cubes/{name} on the web server)
@@ -62,6 +63,7 @@ def run(agents: Sequence[str] | None = None) -> None:
     partition.
     """
     chosen = select(agents)
+    bind(default_registry(), settings)  # schema ids from the registry, cached before the first record
     app.conf.datadir.mkdir(parents=True, exist_ok=True)
     app.service(runtime_service(chosen, AgentContext(settings, topology)))
     sys.argv = ["agentstream-worker", "worker", "--loglevel", settings.log_level]

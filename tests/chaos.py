@@ -130,8 +130,8 @@ def _messages(rng: random.Random, workload: list[tuple[str, str, dict, int | Non
     out = []
     for n, (t, kind, data, expected) in enumerate(workload):
         cid = f"{t}-{n}"
-        value, headers = registry.encode(kind, data)
-        headers = headers + CommandMeta(command_id=cid, tenant_id=t, expected_version=expected).to_headers()
+        value, schema_headers = registry.encode(kind, data)
+        headers = schema_headers + CommandMeta(command_id=cid, tenant_id=t, expected_version=expected).to_headers()
         sent = Sent(t, kind, cid)
         out.append((sent, t.encode(), value, headers))
         if rng.random() < 0.03:  # a client retry (two identical messages, up to 5 others between them)
@@ -139,12 +139,13 @@ def _messages(rng: random.Random, workload: list[tuple[str, str, dict, int | Non
         if rng.random() < 0.01:
             poison = rng.choice(["undecodable", "unknown-schema", "no-envelope"])
             bad_id = f"{t}-poison-{n}"
-            if poison == "undecodable":
-                out.append((Sent(t, "?", bad_id, poison), t.encode(), b"\xff\x00garbage", headers[:2] + CommandMeta(command_id=bad_id, tenant_id=t).to_headers()))
-            elif poison == "unknown-schema":
-                out.append((Sent(t, "?", bad_id, poison), t.encode(), value, [("agentstream.schema", b"NoSuchCommand"), ("agentstream.schema_version", b"1")] + CommandMeta(command_id=bad_id, tenant_id=t).to_headers()))
+            bad_meta = CommandMeta(command_id=bad_id, tenant_id=t).to_headers()
+            if poison == "undecodable":  # a real schema id, then bytes that are no such record
+                out.append((Sent(t, "?", bad_id, poison), t.encode(), value[:5] + b"\xff\xff\xff\xff", schema_headers + bad_meta))
+            elif poison == "unknown-schema":  # the old header format naming a schema nobody has
+                out.append((Sent(t, "?", bad_id, poison), t.encode(), value, [("agentstream.schema", b"NoSuchCommand"), ("agentstream.schema_version", b"1")] + bad_meta))
             else:
-                out.append((Sent(t, "?", None, poison), t.encode(), value, headers[:2]))
+                out.append((Sent(t, "?", None, poison), t.encode(), value, schema_headers))
     return out
 
 

@@ -93,6 +93,21 @@ def read_topic(settings: Settings, topic: str, *, committed: bool = True, timeou
     return asyncio.run(go())
 
 
+def encode_old_format(name: str, data: dict, version: int | None = None) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A record as agentstream wrote it before the wire format: schemaless Avro, schema name and version in headers."""
+    import io
+
+    import fastavro
+
+    from schemas.registry import SCHEMA_HEADER, VERSION_HEADER
+
+    registry = default_registry()
+    sv = registry.get(name, version)
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, sv.schema, registry.validate(name, data, sv.version).model_dump())
+    return buf.getvalue(), [(SCHEMA_HEADER, name.encode()), (VERSION_HEADER, str(sv.version).encode())]
+
+
 def headers_of(record: ConsumerRecord) -> dict[str, str]:
     """A record's headers as text."""
     return {k: v.decode(errors="replace") for k, v in (record.headers or [])}

@@ -1,8 +1,9 @@
 """``agentstream demo``: the whole pipeline on embedded defaults, from nothing to a summary.
 
 Brings the local stack up, applies the topology, starts a worker, sends a realistic burst of
-commands for a few tenants (with a few bad ones on purpose), and prints what happened. It stops
-what it started.
+commands for a few tenants (with a few bad ones on purpose), and prints what happened, ending
+with one event read as any Kafka tool reads it (confluent-kafka's ``AvroDeserializer`` and the
+schema registry). It stops what it started.
 """
 
 from __future__ import annotations
@@ -129,8 +130,10 @@ def _burst(settings: Settings, tenants: list[str], agents: int, commands: int, t
     from connectors.kafka_config import confluent_config
     from schemas import default_registry
     from schemas.messages import CommandMeta, new_id
+    from schemas.wire import bind
 
     registry = default_registry()
+    bind(registry, settings, eager=False)
     producer = Producer({**confluent_config(settings), "partitioner": "murmur2_random", "linger.ms": 10})
     before = _worker_records(settings)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
@@ -232,6 +235,49 @@ def _event_store_read(settings: Settings, client: QueryClient, tenant: str, agen
     )
 
 
+def _foreign_read(settings: Settings, tenant: str) -> None:
+    """The tenant's first event read as a tool that knows nothing of agentstream reads it: the raw
+    record from Kafka, its schema id, and confluent-kafka's ``AvroDeserializer`` with the registry."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from connectors.kafka_config import aiokafka_config
+    from connectors.kafka_topics import topic_partitions
+    from schemas.wire import registry_client
+
+    async def first_record():  # type: ignore[no-untyped-def]
+        consumer = AIOKafkaConsumer(**aiokafka_config(settings), isolation_level="read_committed", enable_auto_commit=False)
+        await consumer.start()
+        try:
+            tps = [TopicPartition("events.platform", p) for p in await topic_partitions(consumer, "events.platform")]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            while True:
+                batch = await asyncio.wait_for(consumer.getmany(timeout_ms=1000), 30)
+                for records in batch.values():
+                    for record in records:
+                        if record.key == tenant.encode():
+                            return record
+        finally:
+            await consumer.stop()
+
+    try:
+        record = asyncio.run(first_record())
+    except Exception as exc:  # noqa: BLE001 (the demo reports, it does not fail here)
+        console.print(f"[yellow]could not read an event back[/]: {exc}")
+        return
+    value = AvroDeserializer(registry_client(settings))(record.value, SerializationContext("events.platform", MessageField.VALUE))
+    schema_id = int.from_bytes(record.value[1:5], "big")
+    console.print(
+        f"events.platform/{record.partition}@{record.offset} key={record.key.decode()} "
+        f"magic={record.value[0]} schema id={schema_id} ({len(record.value)} bytes), as AvroDeserializer reads it:",
+        highlight=False,
+    )
+    console.print_json(data=value, default=str)
+    console.print(f"any Kafka tool with the registry URL ({settings.schema_registry_url}) reads the store the same way", highlight=False)
+
+
 def demo(
     tenants: int = typer.Option(5, min=1, max=len(TENANTS), help="How many tenants."),
     agents: int = typer.Option(20, min=1, help="Agents per tenant."),
@@ -277,8 +323,10 @@ def demo(
         _report(tally, names)
         console.rule("[bold]6. read models and cubes")
         _read_side(settings, names, tally)
+        console.rule("[bold]7. the store, read by a tool that knows nothing of agentstream")
+        _foreign_read(settings, names[0])
         if burst:
-            console.rule("[bold]7. throughput")
+            console.rule("[bold]8. throughput")
             _burst(settings, names, agents, burst)
     finally:
         for process, name in ((worker, "worker"), (sink, "sink")):

@@ -1,4 +1,4 @@
-"""Fixtures that start the real services (Kafka, Redis) and a worker for integration tests."""
+"""Fixtures that start the real services (Kafka, Redis, the schema registry) and a worker for integration tests."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def _docker_engine() -> bool:
         return False
 
 
+def _bound(settings: Settings) -> Settings:
+    """The test process registers the schemas and caches their ids, as a worker does at start."""
+    from schemas import default_registry
+    from schemas.wire import bind
+
+    bind(default_registry(), settings)
+    return settings
+
+
 @pytest.fixture(scope="session")
 def settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
     """Settings pointing at running Kafka and Redis for the whole session (started here)."""
@@ -34,12 +43,22 @@ def settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
         from testcontainers.kafka import KafkaContainer
         from testcontainers.redis import RedisContainer
 
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.waiting_utils import wait_for_logs
+
         with KafkaContainer("apache/kafka:4.4.0").with_kraft() as kafka, RedisContainer("redis:7.4-alpine") as redis_c:
-            os.environ["AGENTSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = kafka.get_bootstrap_server()
-            os.environ["AGENTSTREAM_REDIS_URL"] = f"redis://{redis_c.get_container_host_ip()}:{redis_c.get_exposed_port(6379)}/0"
-            get_settings.cache_clear()
-            yield get_settings()
-        return
+            # In-memory storage: the container lives as long as the session's topics.
+            registry_c = DockerContainer("apicurio/apicurio-registry:3.0.9").with_exposed_ports(8080)
+            with registry_c:
+                wait_for_logs(registry_c, "Installed features", timeout=120)
+                os.environ["AGENTSTREAM_KAFKA_BOOTSTRAP_SERVERS"] = kafka.get_bootstrap_server()
+                os.environ["AGENTSTREAM_REDIS_URL"] = f"redis://{redis_c.get_container_host_ip()}:{redis_c.get_exposed_port(6379)}/0"
+                os.environ["AGENTSTREAM_SCHEMA_REGISTRY_URL"] = (
+                    f"http://{registry_c.get_container_host_ip()}:{registry_c.get_exposed_port(8080)}/apis/ccompat/v7"
+                )
+                get_settings.cache_clear()
+                yield _bound(get_settings())
+            return
 
     from connectors.local_stack import LocalStack, StackError
 
@@ -50,7 +69,7 @@ def settings(request: pytest.FixtureRequest) -> Iterator[Settings]:
     except StackError as exc:  # a missing service fails the run, it never skips
         pytest.fail(f"cannot start the test services: {exc}", pytrace=False)
     try:
-        yield current
+        yield _bound(current)
     finally:
         stack.down(echo=lambda line: print(line, file=sys.stderr))
         for artifacts in ("logs", "screenshots"):  # the workers' logs and the browser's screenshots outlive a failed run

@@ -140,7 +140,8 @@ def archived(rows: list[tuple[str, str, int, str, dict]]) -> pa.Table:
         meta = EventMeta(event_id=f"e{offset}", tenant_id=tenant, stream_id=stream, version=version,
                          occurred_at=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc), command_id="c")
         row = dict(tenant=tenant, stream_id=stream, version=version, event_type=kind, schema_version=1, event_id=meta.event_id,
-                   command_id="c", occurred_at=meta.occurred_at, appended_at=meta.occurred_at, value=value, kafka_partition=0, kafka_offset=offset)
+                   command_id="c", occurred_at=meta.occurred_at, appended_at=meta.occurred_at, value=value, kafka_partition=0, kafka_offset=offset,
+                   schema_id=int.from_bytes(value[1:5], "big"))
         for name in READ_COLUMNS:
             out[name].append(row[name])
     return pa.table({name: pa.array(values, kind) for (name, kind), values in zip(READ_COLUMNS.items(), out.values())})

@@ -22,6 +22,9 @@ from schemas import (
     UnknownSchema,
     default_registry,
 )
+from schemas.errors import SchemaNotBound
+from schemas.wire import MemoryIds
+from tests.helpers import encode_old_format
 
 COMMANDS = [
     "CreateAgent", "ConfigureAgent", "StartAgent", "StopAgent", "AssignTask", "CompleteTask",
@@ -180,7 +183,8 @@ def test_model_shape(reg: SchemaRegistry) -> None:
 def test_encode_decode_roundtrip(reg: SchemaRegistry, name: str) -> None:
     value, headers = reg.encode(name, PAYLOADS[name])
     assert isinstance(value, bytes)
-    assert dict(headers) == {SCHEMA_HEADER: name.encode(), VERSION_HEADER: str(reg.get(name).version).encode()}
+    assert value[:5] == b"\x00" + reg.schema_id(name).to_bytes(4, "big")  # Confluent wire format
+    assert dict(headers) == {SCHEMA_HEADER: name.encode()}
     decoded_name, model = reg.decode(value, headers)
     assert decoded_name == name
     assert isinstance(model, reg.model(name))
@@ -193,7 +197,8 @@ def test_encode_decode_roundtrip(reg: SchemaRegistry, name: str) -> None:
 def test_agent_created_v1_is_read_as_v2(reg: SchemaRegistry) -> None:
     v1 = {"agent_id": "a-1", "name": "n", "agent_type": "llm", "region": "eu-west-1", "config": {"k": "v"}}
     value, headers = reg.encode("AgentCreated", v1, version=1)
-    assert dict(headers)[VERSION_HEADER] == b"1"
+    assert reg.writer_of(value, headers) == (reg.get("AgentCreated", 1), reg.schema_id("AgentCreated", 1))
+    assert reg.schema_id("AgentCreated", 1) != reg.schema_id("AgentCreated", 2)
     name, event = reg.decode(value, headers)
     assert name == "AgentCreated"
     assert isinstance(event, reg.model("AgentCreated"))
@@ -359,7 +364,7 @@ def test_task_completed_versions(reg: SchemaRegistry) -> None:
 def test_task_completed_v1_is_upcast_to_v2(reg: SchemaRegistry) -> None:
     v1 = {"task_id": "t-1", "agent_id": "a-1", "output": {"summary": "ok"}, "cost": 0.25, "duration_ms": 1500}
     value, headers = reg.encode("TaskCompleted", v1, version=1)
-    assert dict(headers)[VERSION_HEADER] == b"1"
+    assert reg.writer_of(value, headers)[0].version == 1
     name, event = reg.decode(value, headers)
     assert name == "TaskCompleted"
     assert isinstance(event, reg.model("TaskCompleted"))
@@ -377,7 +382,7 @@ def test_plain_resolution_alone_would_lose_the_duration(reg: SchemaRegistry) -> 
     import fastavro
 
     value, _ = reg.encode("TaskCompleted", {"task_id": "t", "agent_id": "a", "duration_ms": 1500}, version=1)
-    resolved = fastavro.schemaless_reader(io.BytesIO(value), reg.get("TaskCompleted", 1).schema, reg.get("TaskCompleted").schema)
+    resolved = fastavro.schemaless_reader(io.BytesIO(value[5:]), reg.get("TaskCompleted", 1).schema, reg.get("TaskCompleted").schema)
     assert resolved["duration_s"] == 0.0 and "duration_ms" not in resolved
 
 
@@ -421,6 +426,7 @@ def test_upcast_chain_then_additive_resolution(tmp_path: Path) -> None:
     _write(tmp_path, "events", "Timed", 3, [{"name": "s", "type": "double", "doc": "s", "default": 0.0},
                                            {"name": "note", "type": "string", "doc": "n", "default": "-"}])
     reg = SchemaRegistry.load(tmp_path)
+    reg.attach(MemoryIds(), "memory:")
     reg.upcasters = Upcasters([Upcaster("Timed", 1, 2, lambda d: {"s": d["ms"] / 1000})])
     assert reg.check() == []
     value, headers = reg.encode("Timed", {"ms": 3000}, version=1)
@@ -433,6 +439,7 @@ def test_broken_upcaster_is_a_decode_error(tmp_path: Path) -> None:
     _write(tmp_path, "events", "Timed", 1, [{"name": "ms", "type": "long", "doc": "ms", "default": 0}])
     _write(tmp_path, "events", "Timed", 2, [{"name": "s", "type": "double", "doc": "s", "default": 0.0}])
     reg = SchemaRegistry.load(tmp_path)
+    reg.attach(MemoryIds(), "memory:")
     value, headers = reg.encode("Timed", {"ms": 1}, version=1)
     reg.upcasters = Upcasters([Upcaster("Timed", 1, 2, lambda d: {"s": "not a number"})])
     with pytest.raises(SchemaDecodeError, match="Timed"):
@@ -440,3 +447,86 @@ def test_broken_upcaster_is_a_decode_error(tmp_path: Path) -> None:
     reg.upcasters = Upcasters([Upcaster("Timed", 1, 2, lambda d: 1 / 0)])
     with pytest.raises(SchemaDecodeError, match="upcasting failed"):
         reg.decode(value, headers)
+
+
+# ------------------------------------------------------------------ wire format and the old format
+@pytest.mark.parametrize("name", sorted(COMMANDS + EVENTS))
+def test_old_format_records_stay_readable(reg: SchemaRegistry, name: str) -> None:
+    value, headers = encode_old_format(name, PAYLOADS[name])
+    assert reg.decode(value, headers) == (name, reg.validate(name, PAYLOADS[name]))
+    assert reg.writer_of(value, headers) == (reg.get(name), None)
+
+
+def test_old_format_v1_is_still_upcast(reg: SchemaRegistry) -> None:
+    value, headers = encode_old_format("TaskCompleted", {"task_id": "t", "agent_id": "a", "duration_ms": 250}, version=1)
+    assert reg.decode(value, headers)[1].duration_s == 0.25  # type: ignore[attr-defined]
+
+
+def test_old_format_record_starting_with_a_zero_byte_is_not_taken_for_a_frame(reg: SchemaRegistry) -> None:
+    value, headers = encode_old_format("StartAgent", {"agent_id": ""})
+    assert value == b"\x00"
+    assert reg.decode(value, headers)[1].agent_id == ""  # type: ignore[attr-defined]
+
+
+def test_foreign_record_without_headers_is_read_by_its_id(reg: SchemaRegistry) -> None:
+    value, _ = reg.encode("StartAgent", {"agent_id": "a"})
+    assert reg.decode(value, [])[0] == "StartAgent"
+    assert reg.decode(value, None)[0] == "StartAgent"
+
+
+def test_header_that_contradicts_the_id_is_a_decode_error(reg: SchemaRegistry) -> None:
+    value, _ = reg.encode("StartAgent", {"agent_id": "a"})
+    with pytest.raises(SchemaDecodeError, match="StopAgent"):
+        reg.decode(value, [(SCHEMA_HEADER, b"StopAgent")])
+
+
+def test_unknown_id_is_an_unknown_schema(reg: SchemaRegistry) -> None:
+    with pytest.raises(UnknownSchema, match="schema id 999999"):
+        reg.decode(b"\x00" + (999999).to_bytes(4, "big") + b"\x02a", [])
+
+
+def test_unbound_registry_refuses_to_encode_and_names_the_fix() -> None:
+    reg = SchemaRegistry.load()
+    with pytest.raises(SchemaNotBound, match="schemas.wire.bind"):
+        reg.encode("StartAgent", {"agent_id": "a"})
+    with pytest.raises(UnknownSchema, match="no schema registry is bound"):
+        reg.decode(b"\x00\x00\x00\x00\x01\x02a", [])
+
+
+def test_reader_resolves_a_newer_writer_it_has_no_file_for(tmp_path: Path) -> None:
+    """A v2 written by a newer producer (only in the registry) is read as this reader's latest, v1."""
+    _write(tmp_path, "events", "Timed", 1, [{"name": "s", "type": "double", "doc": "s", "default": 0.0}])
+    newer_root = tmp_path / "newer"
+    _write(newer_root, "events", "Timed", 1, [{"name": "s", "type": "double", "doc": "s", "default": 0.0}])
+    _write(newer_root, "events", "Timed", 2, [{"name": "s", "type": "double", "doc": "s", "default": 0.0},
+                                             {"name": "note", "type": "string", "doc": "n", "default": "-"}])
+    ids = MemoryIds()
+    newer, older = SchemaRegistry.load(newer_root), SchemaRegistry.load(tmp_path / "events")
+    newer.attach(ids, "memory:")
+    older.attach(ids, "memory:")
+    value, headers = newer.encode("Timed", {"s": 2.0, "note": "new"})
+    assert older.decode(value, headers)[1].model_dump() == {"s": 2.0}
+    assert older.writer_of(value, headers)[0].version == 2
+
+
+@pytest.mark.parametrize("prefer_null", [False, True])
+def test_the_fast_forms_write_and_read_what_the_model_forms_do(prefer_null):
+    """encode_record/decode_record (the hot paths, no model round trip) equal encode/decode, for
+    every schema version's sample record (old versions read as the latest, upcasters included)."""
+    from schemas.registry import _named_types, _namespace, _sample
+
+    registry = default_registry()
+    for name in registry.names():
+        for sv in registry.versions(name):
+            sample = _sample(sv.raw, _named_types(sv.raw, _namespace(sv.raw)), _namespace(sv.raw), prefer_null, set())
+            value, headers = registry.encode(name, sample, sv.version)
+            if sv.version == registry.latest_version(name):
+                assert registry.encode_record(name, registry.validate(name, sample).model_dump()) == (value, headers), name
+            fast_name, record = registry.decode_record(value, headers)
+            model_name, model = registry.decode(value, headers)
+            assert (fast_name, record) == (model_name, model.model_dump()), f"{name} v{sv.version}"
+
+
+def test_encode_record_refuses_a_value_of_the_wrong_type():
+    with pytest.raises(SchemaValidationError):
+        default_registry().encode_record("AgentStarted", {"agent_id": 5})
