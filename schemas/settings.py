@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     runtime_max_batch: int = 5000
     #: Commands larger than this are rejected before they reach a handler.
     max_command_bytes: int = 256 * 1024
+    #: Enforce the tenant quotas of ``topology.yaml`` in the command handler (off: no quota row
+    #: is read or written; for benchmarks and platforms without limits).
+    quotas_enabled: bool = True
 
     # Sagas (streams/saga_agent.py; the rules are streams/sagas/)
     #: Reassignments of a task nobody started before it is compensated (failed and released).

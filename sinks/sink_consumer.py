@@ -1,8 +1,9 @@
-"""The ClickHouse sink process (``agentstream sink``): facts into the cube, events into the archive.
+"""The ClickHouse sink process (``agentstream sink``): facts into the cube, events into the archive, usage.
 
 A Kafka consumer group of its own (``<app id>-clickhouse-sink``) reads ``facts.tasks`` (into the
 cube's facts table, ``FactsSink``) and, when ``topology.yaml`` declares them, ``events.platform``
-(the events archive, ``ArchiveSink``) and ``alerts.drift`` (the drift alerts, ``AlertsSink``),
+(the events archive, ``ArchiveSink``), ``alerts.drift`` (the drift alerts, ``AlertsSink``) and
+``billing.usage`` (the usage table, ``UsageSink``),
 all with ``read_committed``. One ``TableSink`` per topic;
 offsets are committed only after ClickHouse has acknowledged the rows below them
 (``TableSink.committable``). On a rebalance the revoked partitions are flushed and committed
@@ -31,6 +32,7 @@ from connectors.clickhouse import clickhouse_client
 from connectors.kafka_config import aiokafka_config
 from sinks.clickhouse_schema import SchemaError, ensure_schema
 from sinks.clickhouse_sink import FactsSink, InvalidRow, RetryInfo, SinkClosed, TableSink, retry_forever
+from sinks.billing_usage import BILLING_TOPIC, UsageSink, ensure_usage, usage_table
 from sinks.drift_alerts import ALERTS_TOPIC, AlertsSink, alerts_table, ensure_alerts
 from sinks.events_archive import EVENTS_TOPIC, ArchiveSink, archive_table, ensure_archive
 from schemas import default_registry
@@ -111,6 +113,7 @@ class SinkConsumer:
         self.settings = settings
         self.cube = facts_cube(topology)
         self.archive = archive_table(topology)
+        self.usage = usage_table(topology)
         self.alerts = alerts_table(topology)
         #: Held around every use of the ClickHouse client (sinks, query API, exports).
         self.lock = threading.Lock()
@@ -124,6 +127,9 @@ class SinkConsumer:
             bind(default_registry(), settings, eager=False)  # the ids of archived events, fetched once each
             self.sinks[EVENTS_TOPIC] = ArchiveSink(self.client, self.archive, **options)
             self._inputs[EVENTS_TOPIC] = lambda record: record
+        if self.usage is not None:
+            self.sinks[BILLING_TOPIC] = UsageSink(self.client, self.usage, **options)
+            self._inputs[BILLING_TOPIC] = lambda record: record.value
         if self.alerts is not None:
             self.sinks[ALERTS_TOPIC] = AlertsSink(self.client, self.alerts, **options)
             self._inputs[ALERTS_TOPIC] = lambda record: json.loads(record.value)
@@ -225,6 +231,8 @@ class SinkConsumer:
                 ensure_schema(self.client, self.cube)
                 if self.archive is not None:
                     ensure_archive(self.client, self.archive)
+                if self.usage is not None:
+                    ensure_usage(self.client, self.usage)
                 if self.alerts is not None:
                     ensure_alerts(self.client, self.alerts)
 

@@ -14,7 +14,9 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
 from schemas import SchemaDecodeError, SchemaError, SchemaRegistry, SchemaValidationError, UnknownSchema
+from schemas.topology import QuotaLimits, QuotaPlans
 from streams.domain import Aggregate, Command, Event, Rejection, RejectionCode, aggregate_for, aggregate_for_stream
+from streams.domain import quotas
 from schemas.messages import (
     CommandAccepted,
     CommandMeta,
@@ -60,6 +62,8 @@ class Outcome:
     replayed: bool = False  # a repeated command id, answered with its first outcome
     redelivered: bool = False  # this very message was handled already: nothing to write
     snapshot: "Snapshot | None" = None
+    #: Other rows the command changed, written in the same transaction (the tenant's quota row).
+    extra_rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _recent(stored: Mapping[str, Any]) -> dict[str, list]:
@@ -97,6 +101,7 @@ class CommandProcessor:
         max_bytes: int,
         clock: Callable[[], datetime] = utcnow,
         ids: Callable[[], str] = new_id,
+        plans: QuotaPlans | None = None,
         declarations: Mapping[str, Any] | None = None,
     ) -> None:
         """``declarations`` are what deciders may read beside the streams (e.g. ``{"cubes": ...}``
@@ -109,6 +114,12 @@ class CommandProcessor:
         # The loaded state of the rows this processor wrote last, by row identity: a row is never
         # changed in place, so the same object means the same state (a memo, not a second store).
         self._loaded: dict[str, tuple[Mapping[str, Any], Any]] = {}
+        #: Default limits per plan (``load_topology(...).quotas``); None turns quotas off.
+        self.plans = plans
+        # Per quota key, the last row object read or written, its parsed state and its dumped
+        # state: the table returns the very object this processor put (in the batch and after
+        # its commit), so a row is parsed once, and dumped per command by what changed.
+        self._quota_rows: dict[str, tuple[Any, quotas.QuotaState, Any]] = {}
 
     def process(
         self,
@@ -174,6 +185,11 @@ class CommandProcessor:
 
         version = stored["version"]
         state = self._load(aggregate, skey, stored)
+        quota: tuple[str, quotas.QuotaState, Any, QuotaLimits] | None = None
+        if self.plans is not None:
+            quota = self._quota(meta.tenant_id, load_state)
+            if name != APPEND_EVENTS:
+                command = quotas.with_defaults(command, quota[3])
         if name == APPEND_EVENTS:
             decision = self._appended_events(aggregate, command, meta, version)
         elif meta.expected_version is not None and meta.expected_version != version:
@@ -204,6 +220,19 @@ class CommandProcessor:
             refs.append(EventRef.model_construct(type=event.type, version=version, event_id=event_id))
         # Our own, already checked values: built without validating them again (the hot path).
         result = CommandAccepted.model_construct(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
+        extra_rows: dict[str, dict[str, Any]] = {}
+        if quota is not None:
+            qkey, qrow, qdumped, limits = quota
+            verdict = quotas.admit(command, decision, qrow, limits, now, append_bytes=sum(len(e.value) for e in appended))
+            if isinstance(verdict, quotas.QuotaExceeded):
+                outcome = self._reject(meta, RejectionCode.QUOTA_EXCEEDED, verdict.message, current_version=stored["version"], exceeded=verdict)
+                outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **moved}
+                return outcome
+            row = {"state": quotas.dump_after(verdict, qrow, qdumped)}
+            if len(self._quota_rows) > 100_000:
+                self._quota_rows.clear()
+            self._quota_rows[qkey] = (row, verdict, row["state"])
+            extra_rows[qkey] = row
         dumped = aggregate.dump(state)
         snapshot = None
         if version // SNAPSHOT_EVERY > stored["version"] // SNAPSHOT_EVERY:
@@ -212,7 +241,7 @@ class CommandProcessor:
         if len(self._loaded) > 100_000:
             self._loaded.clear()
         self._loaded[skey] = (new_state, state)
-        return Outcome(result=result, events=appended, state_key=skey, new_state=new_state, snapshot=snapshot)
+        return Outcome(result=result, events=appended, state_key=skey, new_state=new_state, snapshot=snapshot, extra_rows=extra_rows)
 
     def _load(self, aggregate: Aggregate, skey: str, stored: Mapping[str, Any]) -> Any:
         """The aggregate state of row ``stored`` (from the memo when it is the row written last)."""
@@ -220,6 +249,19 @@ class CommandProcessor:
         if memo is not None and memo[0] is stored:
             return memo[1]
         return aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
+
+    def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> tuple[str, quotas.QuotaState, Any, QuotaLimits]:
+        """The tenant's quota row key, its state as the batch sees it (and that state's dump, or
+        None), and its effective limits."""
+        assert self.plans is not None
+        qkey = state_key(tenant_id, quotas.QUOTA_ROW)
+        stored = load_state(qkey)
+        cached = self._quota_rows.get(qkey)
+        if cached is not None and cached[0] is stored:
+            _, qrow, dumped = cached
+        else:
+            qrow, dumped = quotas.load((stored or {}).get("state")), None
+        return qkey, qrow, dumped, quotas.limits_of(qrow, self.plans)
 
     def _appended_events(self, aggregate: Aggregate, command: Command, meta: CommandMeta, version: int) -> list[Event] | Rejection:
         """The events of an AppendEvents command, checked like any other write."""
@@ -242,9 +284,15 @@ class CommandProcessor:
 
     @staticmethod
     def _reject(
-        meta: CommandMeta, code: RejectionCode, message: str, dead_letter: str | None = None, current_version: int | None = None
+        meta: CommandMeta,
+        code: RejectionCode,
+        message: str,
+        dead_letter: str | None = None,
+        current_version: int | None = None,
+        exceeded: quotas.QuotaExceeded | None = None,
     ) -> Outcome:
+        quota = {} if exceeded is None else {"quota": exceeded.quota, "limit": exceeded.limit, "usage": exceeded.usage}
         result = CommandRejected(
-            command_id=meta.command_id, tenant_id=meta.tenant_id, code=code.value, message=message, current_version=current_version
+            command_id=meta.command_id, tenant_id=meta.tenant_id, code=code.value, message=message, current_version=current_version, **quota
         )
         return Outcome(result=result, dead_letter=dead_letter, error=message if dead_letter else None)

@@ -6,6 +6,9 @@ snapshot every ``SNAPSHOT_EVERY`` versions and, for malformed input, the origina
 reason to the dead-letter topic, and changes the table. The runtime commits all of that with
 the command's offset in one Kafka transaction: every command is decided once and answered once,
 even across crashes. A retried command id gets its first answer again and writes nothing else.
+With quotas on (``AGENTSTREAM_QUOTAS_ENABLED``, plans from ``topology.yaml``) an accepted command
+also changes the tenant's quota row ``<tenant>/quota`` in the same table and partition, so the
+check and the decision it guards commit together.
 
 **One writer per tenant, whatever the producer's partitioner.** Commands are keyed by tenant and
 the tenant's partition is murmur2(tenant) (Java clients and aiokafka). A command that another
@@ -38,7 +41,8 @@ class CommandHandler(ProcessorBase):
     def __init__(self, context: AgentContext) -> None:
         settings = context.settings
         cubes = {cube.name: cube for cube in context.topology.cubes}
-        self.processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes, declarations={"cubes": cubes})
+        plans = context.topology.quotas if settings.quotas_enabled else None
+        self.processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes, declarations={"cubes": cubes}, plans=plans)
         self.owner = KeyPartitioner(context.topology.topic(COMMANDS).partitions)
         self.max_record = settings.kafka_max_record_bytes - 16 * 1024  # room for the key and the envelope headers
 
@@ -88,6 +92,8 @@ class CommandHandler(ProcessorBase):
             out.send(RESULTS, result.command_id.encode(), result_json)  # type: ignore[union-attr]
         if outcome.state_key is not None:
             aggregates.put(outcome.state_key, outcome.new_state)
+        for row_key, row in outcome.extra_rows.items():  # the tenant's quota row: same partition, same transaction
+            aggregates.put(row_key, row)
 
 
 AGENT = RuntimeAgent(

@@ -10,14 +10,16 @@ from faust.web import Request, Response, View
 from schemas import default_registry, topics
 from schemas.wire import bind
 from schemas.topology import CodeView
-from streams import facts_agent, handlers, projection_agent, provisioner_agent, saga_agent
+from streams import billing_agent, facts_agent, handlers, projection_agent, provisioner_agent, saga_agent
 from streams import web_views  # noqa: F401  (registers /cubes/{name} on the web server)
 from streams.app import app, settings, topology
 from streams.runtime import AgentContext, RuntimeAgent
 from streams.runtime.service import RuntimeService, runtime_service
 
 #: Every agent of the platform, by name (``topology.yaml`` declares the same set).
-AGENTS: dict[str, RuntimeAgent] = {agent.name: agent for agent in (handlers.AGENT, facts_agent.AGENT, projection_agent.AGENT, saga_agent.AGENT, provisioner_agent.AGENT)}
+AGENTS: dict[str, RuntimeAgent] = {
+    agent.name: agent for agent in (handlers.AGENT, facts_agent.AGENT, projection_agent.AGENT, saga_agent.AGENT, provisioner_agent.AGENT, billing_agent.AGENT)
+}
 
 
 class UnknownAgent(ValueError):

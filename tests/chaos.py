@@ -286,7 +286,8 @@ def _reference(settings: Settings, tenants: list[str]) -> tuple[dict[str, list[t
             t = record.key.decode() if record.key else None
             if t in wanted and (topic == REPARTITION or owner(record.key) == record.partition):
                 into[t].append(record)
-    processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes)
+    plans = load_topology(settings.topology_path).quotas if settings.quotas_enabled else None
+    processor = CommandProcessor(default_registry(), max_bytes=settings.max_command_bytes, plans=plans)
     decisions: dict[str, list[tuple]] = defaultdict(list)
     event_types: dict[str, tuple[str, ...]] = {}
     no_envelope = 0

@@ -45,7 +45,7 @@ def _plan(tenants: list[str], agents: int, tasks: int = 3, seed: int = 7) -> lis
     rng = random.Random(seed)
     ids = {t: [f"{t}-agent-{i:03d}" for i in range(agents)] for t in tenants}
     phases: list[list[tuple[str, str, dict, dict]]] = [
-        [("CreateTenant", t, {"name": t.title(), "region": rng.choice(REGIONS), "plan": rng.choice(["free", "pro", "enterprise"])}, {}) for t in tenants],
+        [("CreateTenant", t, {"name": t.title(), "region": rng.choice(REGIONS), "plan": rng.choice(["pro", "enterprise"])}, {}) for t in tenants],
         [("ConfigureTenant", t, {"settings": {"max_agents": str(agents * 2), "timezone": "UTC"}}, {}) for t in tenants],
         [
             ("CreateAgent", t, {"agent_id": a, "name": a.replace("-", " ").title(), "agent_type": rng.choice(AGENT_TYPES), "region": rng.choice(REGIONS), "capabilities": rng.sample(["search", "code", "sql", "vision", "chat"], 2)}, {})
@@ -72,6 +72,7 @@ def _plan(tenants: list[str], agents: int, tasks: int = 3, seed: int = 7) -> lis
             ("StopAgent", tenants[-1], {"agent_id": ids[tenants[-1]][0]}, {}),  # already stopped
             ("AssignTask", tenants[-1], {"task_id": "late", "agent_id": ids[tenants[-1]][0], "task_type": "chat"}, {}),  # agent stopped
             ("CompleteTask", tenants[0], {"task_id": f"{ids[tenants[0]][0]}-task-0"}, {}),  # already finished
+            ("AssignTask", tenants[0], {"task_id": "too-dear", "agent_id": ids[tenants[0]][-1], "task_type": "chat", "max_cost": 10**13}, {}),  # QuotaExceeded: budget
         ],
     ]
     return phases

@@ -17,6 +17,7 @@ from streams.cli.event_commands import events_cli
 from streams.cli.projection_commands import agents_cli, projections_cli
 from streams.cli.saga_commands import sagas_cli
 from streams.cli.schema_commands import schemas_cli
+from streams.cli.tenant_commands import billing_cli, tenants_cli
 from streams.cli.topology_commands import topology_cli
 from schemas.settings import get_settings
 
@@ -38,6 +39,8 @@ cli.add_typer(export_cli, name="export")
 cli.add_typer(dashboards_cli, name="dashboards")
 cli.add_typer(drift_cli, name="drift")
 cli.command()(sql)
+cli.add_typer(tenants_cli, name="tenants")
+cli.add_typer(billing_cli, name="billing")
 
 
 @cli.command()
@@ -55,7 +58,7 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 @cli.command()
 def worker(
-    agents: str = typer.Option("", "--agents", help="Comma-separated agents to run here (default: all): command_handler, facts_builder, projector, sagas, provisioner."),
+    agents: str = typer.Option("", "--agents", help="Comma-separated agents to run here (default: all): command_handler, facts_builder, projector, sagas, provisioner, billing."),
 ) -> None:
     """Start a worker running the runtime agents (another worker process joins their groups and takes partitions)."""
     from streams.worker import UnknownAgent, run, select
@@ -73,7 +76,7 @@ def sink(
     batch_size: int = typer.Option(10_000, help="Rows per ClickHouse insert (per partition)."),
     max_delay: float = typer.Option(1.0, help="Seconds a partial batch may wait before it is written."),
 ) -> None:
-    """Run the ClickHouse sink (facts.tasks -> cubes, events.platform -> archive, exactly once) and the query API it serves."""
+    """Run the ClickHouse sink (facts.tasks -> cubes, events.platform -> archive, billing.usage -> usage table, exactly once) and the query API it serves."""
     import asyncio
     import logging
     import signal

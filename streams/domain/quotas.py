@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 from typing import Any, Iterable, Mapping
 
@@ -66,17 +67,43 @@ MICROS = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_MS = timedelta(milliseconds=1)
+#: The last time converted and its value (one tuple, replaced whole: safe across threads); a
+#: command's time is converted several times per decision.
+_last_ms: tuple[datetime | None, int] = (None, 0)
+
+
 def to_ms(at: datetime) -> int:
     """``at`` as integer epoch milliseconds (naive times are taken as UTC); exact, no float."""
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return (at - _EPOCH) // timedelta(milliseconds=1)
+    global _last_ms
+    last = _last_ms
+    if at is last[0]:
+        return last[1]
+    aware = at.replace(tzinfo=UTC) if at.tzinfo is None else at
+    ms = (aware - _EPOCH) // _MS
+    _last_ms = (at, ms)
+    return ms
+
+
+@lru_cache(maxsize=4096)
+def _month_of_day(day: int) -> str:
+    when = time.gmtime(day * 86_400)
+    return f"{when.tm_year:04d}-{when.tm_mon:02d}"
 
 
 def month_of(at_ms: int) -> str:
     """The UTC month ``YYYY-MM`` of an epoch-millisecond time."""
-    when = time.gmtime(at_ms // 1000)
-    return f"{when.tm_year:04d}-{when.tm_mon:02d}"
+    return _month_of_day(at_ms // 86_400_000)
+
+
+def _evolved(state: "QuotaState", update: dict[str, Any]) -> "QuotaState":
+    """``state.model_copy(update=update)`` without its generic machinery (the row is copied per command)."""
+    new = QuotaState.__new__(QuotaState)
+    object.__setattr__(new, "__dict__", {**state.__dict__, **update})
+    object.__setattr__(new, "__pydantic_fields_set__", state.__pydantic_fields_set__)  # only exclude_unset reads it; never used on rows
+    object.__setattr__(new, "__pydantic_extra__", None)
+    object.__setattr__(new, "__pydantic_private__", None)
+    return new
 
 
 def micros(cost: float) -> int:
@@ -168,6 +195,22 @@ def dump(state: QuotaState) -> dict[str, Any]:
     return state.model_dump(mode="json")
 
 
+def dump_after(state: QuotaState, before: QuotaState | None = None, before_dumped: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``dump(state)`` in one dict copy, for a row dumped after every command.
+
+    Every field but ``tasks`` is JSON-ready as it is (text, integers, a dict of integers, a list
+    of integer pairs), and the state is frozen, so the dict shares them; ``tasks`` is reused from
+    ``before_dumped`` (the dump of ``before``) when the command left it alone. The result equals
+    ``dump(state)`` once through JSON (pairs become lists); it must not be mutated.
+    """
+    fields = state.__dict__
+    if before is not None and before_dumped is not None and state.tasks is before.tasks:
+        tasks = before_dumped["tasks"]
+    else:
+        tasks = {task_id: hold.model_dump() for task_id, hold in state.tasks.items()}
+    return {**fields, "tasks": tasks}
+
+
 def load(data: Mapping[str, Any] | None) -> QuotaState:
     """The row from ``dump``'s data (a fresh row for None)."""
     return QuotaState() if data is None else QuotaState.model_validate(data)
@@ -240,14 +283,17 @@ def count_command(state: QuotaState, at: datetime, append_bytes: int = 0, rated:
     """The row with one accepted command at ``at``: counted in the rate (unless not ``rated``) and its bytes stored."""
     update = _roll(state, to_ms(at))
     now = update.get("last_at_ms", state.last_at_ms) // BUCKET_MS
-    rate = [(bucket, count) for bucket, count in state.rate if bucket > now - WINDOW_BUCKETS]
+    if state.rate and state.rate[0][0] > now - WINDOW_BUCKETS:
+        rate = list(state.rate)  # nothing left the window
+    else:
+        rate = [(bucket, count) for bucket, count in state.rate if bucket > now - WINDOW_BUCKETS]
     if rated:
         if rate and rate[-1][0] == now:
             rate[-1] = (now, rate[-1][1] + 1)
         else:
             rate.append((now, 1))
     update.update(rate=rate, stored_bytes=state.stored_bytes + append_bytes)
-    return state.model_copy(update=update)
+    return _evolved(state, update)
 
 
 def _with_hold(state: QuotaState, update: dict[str, Any], task_id: str, hold: TaskHold | None) -> None:
@@ -289,7 +335,7 @@ def apply(state: QuotaState, event: Event, at: datetime) -> QuotaState:
         for task_id, hold in state.tasks.items():
             if hold.agent_id == agent and hold.slot:
                 _with_hold(state, update, task_id, hold.model_copy(update={"slot": False}))
-    return state.model_copy(update=update) if update else state
+    return _evolved(state, update) if update else state
 
 
 def accept(state: QuotaState, at: datetime, events: Iterable[Event], append_bytes: int = 0, rated: bool = True) -> QuotaState:

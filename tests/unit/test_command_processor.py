@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -19,6 +20,7 @@ class Store(dict):
     def apply(self, outcome: Outcome) -> Outcome:
         if outcome.state_key:
             self[outcome.state_key] = outcome.new_state
+        self.update(outcome.extra_rows)
         return outcome
 
 
@@ -177,6 +179,113 @@ def test_a_message_delivered_again_after_its_outcome_was_stored_writes_nothing(p
     # after a repartition the stream's commands come from another partition, with lower offsets
     moved = proc.process(*message("StartAgent", {"agent_id": "a1"}, cid="c4"), store.get, position=(5, 0))
     assert not moved.redelivered and moved.result is not None
+
+
+# ====================================================================== quotas in the command path
+from schemas.topology import QuotaLimits, QuotaPlans  # noqa: E402
+from streams.domain import quotas  # noqa: E402
+
+LOW = QuotaPlans(plans={"free": QuotaLimits(max_agents=2, max_concurrent_tasks=1, api_rate_per_hour=100, storage_limit_bytes=100_000,
+                                             monthly_budget_micros=250_000, task_max_cost_micros=100_000, task_start_within_s=60)})
+
+
+@pytest.fixture
+def qproc() -> CommandProcessor:
+    ids = iter(range(10_000))
+    return CommandProcessor(REG, max_bytes=2048, clock=lambda: datetime(2026, 1, 1, tzinfo=UTC), ids=lambda: f"e{next(ids)}", plans=LOW)
+
+
+def agent(n: int) -> dict:
+    return {"agent_id": f"a{n}", "name": f"A{n}", "agent_type": "llm"}
+
+
+def test_max_agents_is_a_quota_rejection_with_its_fields_and_changes_nothing(qproc):
+    store = Store()
+    for n in range(2):
+        out = store.apply(qproc.process(*message("CreateAgent", agent(n), cid=f"c{n}"), store.get))
+        assert isinstance(out.result, CommandAccepted) and set(out.extra_rows) == {"acme/quota"}
+    row_before = store["acme/quota"]
+    refused = store.apply(qproc.process(*message("CreateAgent", agent(2), cid="c2"), store.get, position=("p", 3)))
+    r = refused.result
+    assert isinstance(r, CommandRejected) and (r.code, r.quota, r.limit, r.usage) == ("QuotaExceeded", "max_agents", 2, 2)
+    assert not refused.events and not refused.extra_rows and store["acme/quota"] is row_before
+    assert store["acme/agent-a2"]["state"] is None and store["acme/agent-a2"]["position"] == ["p", 3]
+    # a retry of the refused id gets the same answer, fields included, from the stream's memory
+    again = qproc.process(*message("CreateAgent", agent(2), cid="c2"), store.get)
+    assert again.replayed and (again.result.quota, again.result.limit, again.result.usage) == ("max_agents", 2, 2)
+    # another tenant has its own row
+    other = store.apply(qproc.process(*message("CreateAgent", agent(0), tenant="globex", cid="g0"), store.get))
+    assert isinstance(other.result, CommandAccepted) and set(other.extra_rows) == {"globex/quota"}
+
+
+def test_slots_and_budget_follow_the_task_lifecycle(qproc):
+    store = Store()
+    store.apply(qproc.process(*message("CreateAgent", agent(0)), store.get))
+    store.apply(qproc.process(*message("StartAgent", {"agent_id": "a0"}, cid="s"), store.get))
+    first = store.apply(qproc.process(*message("AssignTask", {"task_id": "t1", "agent_id": "a0", "task_type": "x"}, cid="t1"), store.get))
+    assert isinstance(first.result, CommandAccepted)
+    _, assigned = REG.decode(first.events[0].value, first.events[0].headers)
+    assert assigned.max_cost == 100_000  # the plan's default reservation, recorded in the event
+    busy = qproc.process(*message("AssignTask", {"task_id": "t2", "agent_id": "a0", "task_type": "x"}, cid="t2"), store.get)
+    assert (busy.result.code, busy.result.quota, busy.result.usage) == ("QuotaExceeded", "max_concurrent_tasks", 1)
+    store.apply(qproc.process(*message("CompleteTask", {"task_id": "t1", "cost": 5.0}, cid="d1"), store.get))
+    row = quotas.load(store["acme/quota"]["state"])
+    assert (row.slots, row.reserved_micros, row.spent_micros) == (0, 0, 100_000)  # capped at the reservation
+    store.apply(qproc.process(*message("AssignTask", {"task_id": "t2", "agent_id": "a0", "task_type": "x"}, cid="t2b"), store.get))
+    store.apply(qproc.process(*message("CompleteTask", {"task_id": "t2", "cost": 0.1}, cid="d2"), store.get))
+    broke = qproc.process(*message("AssignTask", {"task_id": "t3", "agent_id": "a0", "task_type": "x"}, cid="t3"), store.get)
+    assert (broke.result.quota, broke.result.limit, broke.result.usage) == ("monthly_budget_micros", 250_000, 200_000)
+
+
+def test_decider_rejections_and_replays_leave_the_quota_row_alone(qproc):
+    store = Store()
+    store.apply(qproc.process(*message("CreateAgent", agent(0)), store.get))
+    row = store["acme/quota"]
+    dup = store.apply(qproc.process(*message("CreateAgent", agent(0), cid="c2"), store.get))
+    assert dup.result.code == "InvariantViolated" and not dup.extra_rows
+    replay = store.apply(qproc.process(*message("CreateAgent", agent(0)), store.get))
+    assert replay.replayed and not replay.extra_rows and store["acme/quota"] is row
+    assert quotas.load(row["state"]).rate_count(quotas.to_ms(datetime(2026, 1, 1, tzinfo=UTC))) == 1
+
+
+def test_set_tenant_quota_lifts_a_limit_and_appends_count_storage(qproc):
+    store = Store()
+    store.apply(qproc.process(*message("CreateTenant", {"name": "Acme"}, cid="ct"), store.get))
+    for n in range(2):
+        store.apply(qproc.process(*message("CreateAgent", agent(n), cid=f"c{n}"), store.get))
+    assert qproc.process(*message("CreateAgent", agent(2), cid="c2"), store.get).result.quota == "max_agents"
+    lifted = store.apply(qproc.process(*message("SetTenantQuota", {"max_agents": 3}, cid="q"), store.get))
+    assert isinstance(lifted.result, CommandAccepted)
+    assert isinstance(store.apply(qproc.process(*message("CreateAgent", agent(2), cid="c2b"), store.get)).result, CommandAccepted)
+    before = quotas.load(store["acme/quota"]["state"]).stored_bytes
+    events = [{"type": "AgentConfigured", "data_json": json.dumps({"agent_id": "a0", "config": {"k": "v"}})}]
+    appended = store.apply(qproc.process(*message("AppendEvents", {"stream_id": "agent-a0", "events": events}, cid="ap", expected=1), store.get))
+    assert isinstance(appended.result, CommandAccepted)
+    assert quotas.load(store["acme/quota"]["state"]).stored_bytes == before + len(appended.events[0].value)
+
+
+def test_quotas_off_reads_and_writes_no_quota_row(proc):
+    store = Store()
+    for n in range(5):
+        assert not store.apply(proc.process(*message("CreateAgent", agent(n), cid=f"c{n}"), store.get)).extra_rows
+    assert "acme/quota" not in store
+
+
+def test_the_quota_row_written_per_command_is_the_full_dump_through_json(qproc):
+    import orjson
+
+    store = Store()
+    steps = [("CreateAgent", agent(0)), ("StartAgent", {"agent_id": "a0"}), ("AssignTask", {"task_id": "t1", "agent_id": "a0", "task_type": "x"}),
+             ("ConfigureAgent", {"agent_id": "a0", "config": {"k": "v"}}), ("CompleteTask", {"task_id": "t1", "cost": 0.01}),
+             ("AssignTask", {"task_id": "t2", "agent_id": "a0", "task_type": "x"}), ("StopAgent", {"agent_id": "a0"})]
+    for n, (kind, data) in enumerate(steps):
+        out = store.apply(qproc.process(*message(kind, data, cid=f"s{n}"), store.get))
+        assert isinstance(out.result, CommandAccepted), out.result
+        row = store["acme/quota"]
+        through_json = orjson.loads(orjson.dumps(row))  # what the changelog holds
+        assert through_json == {"state": quotas.dump(quotas.load(row["state"]))}
+        assert quotas.load(through_json["state"]) == quotas.load(row["state"])
+    assert quotas.load(store["acme/quota"]["state"]).tasks["t2"].slot is False  # the stop freed its slot
 
 
 def test_the_fast_event_headers_are_the_envelope_headers():
