@@ -141,7 +141,12 @@ def _answers(settings, app_rounds: int, commands: int) -> dict[str, int]:
 
 
 def _latency(settings, rate: float, seconds: float, web_port: int) -> dict:
-    """Send -> answer at a fixed offered rate, with one worker (command handler) running."""
+    """Send -> answer at a fixed offered rate, with one worker (command handler) running.
+
+    The answers are read by a ``read_committed`` consumer that was fetching before the first
+    send; the time of a command is from just before its ``produce`` to the moment its answer is
+    read.
+    """
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     from connectors.kafka_config import confluent_config
@@ -151,17 +156,27 @@ def _latency(settings, rate: float, seconds: float, web_port: int) -> dict:
     from worker_rounds import runtime_status
 
     app_id = f"bench-lat-{uuid.uuid4().hex[:6]}"
-    env = {"AGENTSTREAM_APP_ID": app_id, "AGENTSTREAM_WEB_PORT": str(web_port), "AGENTSTREAM_LOG_LEVEL": "warn"}
     registry = default_registry()
     base = confluent_config(settings)
-    # Skip what earlier rounds left in the topic: the new group starts at the end.
-    worker = WorkerProcess(settings.data_dir / f"{app_id}.log", env={**env}, args=["worker", "--agents", "command_handler"], restart=False)
-    consumer = Consumer({**base, "group.id": f"{app_id}-reader", "isolation.level": "read_committed", "auto.offset.reset": "latest", "enable.auto.commit": False})
-    parts = consumer.list_topics("results.commands", timeout=10).topics["results.commands"].partitions
-    ends = [TopicPartition("results.commands", p, consumer.get_watermark_offsets(TopicPartition("results.commands", p), timeout=10)[1]) for p in parts]
-    consumer.assign(ends)
-    _set_group_to_end(settings, f"{app_id}-command_handler")
-    worker.start()
+    _set_group_to_end(settings, f"{app_id}-command_handler")  # skip what earlier rounds left
+    env = {"AGENTSTREAM_APP_ID": app_id, "AGENTSTREAM_WEB_PORT": str(web_port), "AGENTSTREAM_LOG_LEVEL": "warn"}
+    worker = WorkerProcess(settings.data_dir / f"{app_id}.log", env=env, args=["worker", "--agents", "command_handler"], restart=False).start()
+    reader = Consumer({**base, "group.id": f"{app_id}-reader", "isolation.level": "read_committed", "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+    parts = reader.list_topics("results.commands", timeout=10).topics["results.commands"].partitions
+    reader.assign([TopicPartition("results.commands", p, reader.get_watermark_offsets(TopicPartition("results.commands", p), timeout=10)[1]) for p in parts])
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            for m in reader.consume(1000, timeout=0.05):
+                if m.error() is None and m.key() is not None:
+                    at = sent.get(m.key().decode())
+                    if at is not None:
+                        latencies.append(time.perf_counter() - at)
+
+    thread = threading.Thread(target=read, daemon=True)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -171,32 +186,15 @@ def _latency(settings, rate: float, seconds: float, web_port: int) -> dict:
             except (OSError, IndexError, KeyError):
                 pass
             time.sleep(0.2)
-        time.sleep(1)
-        sent: dict[str, float] = {}
-        latencies: list[float] = []
-        stop = threading.Event()
-
-        def read() -> None:
-            while not stop.is_set() or len(latencies) < len(sent):
-                for m in consumer.consume(1000, timeout=0.1):
-                    if m.error() or m.key() is None:
-                        continue
-                    at = sent.get(m.key().decode())
-                    if at is not None:
-                        latencies.append(time.perf_counter() - at)
-                if stop.is_set() and time.perf_counter() - stopped_at > 30:
-                    return
-
-        stopped_at = float("inf")
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
+        thread.start()
+        time.sleep(2)  # the reader is fetching, the worker is idle
         producer = Producer({**base, "partitioner": "murmur2_random", "linger.ms": 0})
         value, headers = registry.encode("ConfigureAgent", {"agent_id": "bot", "config": {"step": "x"}})
         total = int(rate * seconds)
         started = time.perf_counter()
         for i in range(total):
             t = f"bench-{i % 100}"
-            cid = f"lat-{i}-{uuid.uuid4().hex[:6]}"
+            cid = uuid.uuid4().hex
             sent[cid] = time.perf_counter()
             producer.produce("commands.platform", value, t.encode(), headers=headers + CommandMeta(command_id=cid, tenant_id=t).to_headers())
             producer.poll(0)
@@ -204,15 +202,18 @@ def _latency(settings, rate: float, seconds: float, web_port: int) -> dict:
             if ahead > 0:
                 time.sleep(ahead)
         producer.flush(30)
-        stopped_at = time.perf_counter()
+        wait_until = time.monotonic() + 30
+        while len(latencies) < total and time.monotonic() < wait_until:
+            time.sleep(0.2)
         stop.set()
-        reader.join(60)
+        thread.join(5)
         latencies.sort()
-        q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")  # noqa: E731
-        return {"offered_per_s": rate, "answered": len(latencies), "sent": total, "p50_ms": round(q(0.50), 1), "p99_ms": round(q(0.99), 1)}
+        q = lambda p: round(latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000, 1) if latencies else float("nan")  # noqa: E731
+        return {"offered_per_s": rate, "sent": total, "answered": len(latencies), "p50_ms": q(0.50), "p99_ms": q(0.99)}
     finally:
+        stop.set()
         worker.stop()
-        consumer.close()
+        reader.close()
 
 
 def _set_group_to_end(settings, group: str) -> None:
