@@ -78,6 +78,7 @@ def _baseline_round(settings, commands: int) -> dict:
 
     from connectors.kafka_config import confluent_config
     from schemas import default_registry
+    from worker_rounds import take
 
     registry = default_registry()
     base = confluent_config(settings)
@@ -91,10 +92,9 @@ def _baseline_round(settings, commands: int) -> dict:
     cpu_start = time.process_time()
     try:
         while done < commands:
-            messages = consumer.consume(1, timeout=0.2)
+            messages = take(consumer)
             if not messages:
                 continue
-            messages += consumer.consume(4999, timeout=0)
             if first is None:
                 first, cpu_start = time.perf_counter(), time.process_time()
             producer.begin_transaction()

@@ -88,6 +88,7 @@ def _baseline_round(settings, events: int) -> dict:
     from connectors.kafka_config import confluent_config
     from schemas import default_registry
     from schemas.messages import EventMeta
+    from worker_rounds import take
 
     registry = default_registry()
     consumer = Consumer(
@@ -97,10 +98,9 @@ def _baseline_round(settings, events: int) -> dict:
     done, first, cpu_start = 0, None, time.process_time()
     try:
         while done < events:
-            messages = consumer.consume(1, timeout=0.2)
+            messages = take(consumer)
             if not messages:
                 continue
-            messages += consumer.consume(4999, timeout=0)
             if first is None:
                 first, cpu_start = time.perf_counter(), time.process_time()
             for m in messages:

@@ -19,6 +19,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def take(consumer: Any, most: int = 5000) -> list[Any]:
+    """What a bare loop takes per turn, as the runtime does: wait briefly for one record, then everything already fetched."""
+    first = consumer.consume(1, timeout=0.2)
+    return first + consumer.consume(most - 1, timeout=0) if first else []
+
+
 def runtime_status(port: int) -> dict[str, Any]:
     """The worker's ``/runtime`` page."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/runtime", timeout=5) as response:
