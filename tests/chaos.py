@@ -357,12 +357,18 @@ def _audit(settings: Settings, tenants: list[str], messages: list, answered: dic
         if tuple(types) != event_types.get(cid):
             problems.append(f"{cid}: events {types} in the store, the reference model accepts {event_types.get(cid)}")
     problems += [f"{cid}: accepted by the reference model but has no events" for cid in sorted(set(event_types) - set(per_command))]
-    # Facts: one per finished task.
-    facts: Counter = Counter()
-    for record in read_topic(settings, FACTS):
-        fact = json.loads(record.value)
-        if fact["tenant"] in wanted:
-            facts[(fact["tenant"], fact["task_id"])] += 1
+    # Facts: one per finished task (the facts builder may still be catching up after the last kill:
+    # wait for it, bounded; a fact twice is a failure at once).
+    deadline = time.monotonic() + 120
+    while True:
+        facts: Counter = Counter()
+        for record in read_topic(settings, FACTS):
+            fact = json.loads(record.value)
+            if fact["tenant"] in wanted:
+                facts[(fact["tenant"], fact["task_id"])] += 1
+        if set(facts) >= set(finished) or any(n > 1 for n in facts.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     report.facts = sum(facts.values())
     if facts != finished:
         problems.append(f"facts.tasks: {sum(facts.values())} facts for {sum(finished.values())} finished tasks; twice: {[k for k, n in facts.items() if n > 1][:5]}, missing: {sorted(set(finished) - set(facts))[:5]}")
