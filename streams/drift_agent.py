@@ -19,10 +19,12 @@ What the runtime does not tell a processor, and how this agent copes:
   wrote; at the next tick (or the partition's next batch, or its revocation) the table's
   committed row equals it if the transaction committed, and not if it aborted (then the alerts
   are dropped; the redo raises them again). So Redis never shows an alert that
-  ``alerts.drift`` does not hold, even when the detectors' declaration changed in between. A
-  crash between commit and the Redis write loses that write; ``record`` is a compare-and-set by
-  alert order, so a later writer (a replay from ``alerts.drift``) can fill it in.
-- *A revoked partition.* Its keys are evicted, so a partition that comes back restores them.
+  ``alerts.drift`` does not hold, even when the detectors' declaration changed in between. While
+  Redis is down committed alerts wait (``OUTBOX_LIMIT``) and are retried each tick. A crash
+  between commit and the Redis write loses that write; ``record`` is a compare-and-set by alert
+  order, so a later writer (a replay from ``alerts.drift``) can fill it in.
+- *A revoked partition.* Its committed alerts go to Redis, then its keys are evicted, so a
+  partition that comes back restores them from the changelog.
 """
 
 from __future__ import annotations
