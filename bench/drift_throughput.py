@@ -7,7 +7,16 @@ river detectors of the same classes and parameters (no transform, key lookup, su
 check): the ceiling the monitor's own work is measured against. Also times writing the state of
 every key touched (``dump_state``), as the runtime would once per batch. Both timed passes run
 on warm keys (every key's detectors built by an untimed first pass): building a HalfSpaceTrees
-model is a one-time cost per (tenant, agent_type). Prints one JSON line.
+model is a one-time cost per (tenant, agent_type).
+
+With ``--worker-rounds N`` (default 2) the same facts are then produced to ``facts.tasks`` on a
+local stack of the bench's own (Kafka 39602, Redis 39589, stopped after) and, N times,
+``agentstream worker --agents drift_detector`` under a fresh app id (empty tables: its keys
+start cold) is timed from its first batch to the commit covering the last fact
+(``worker_rounds.time_worker``): the detector inside the runtime, with its JSON decoding, state
+writes to the changelog and transactions. After each worker round bare river takes one more
+pass over the facts, so the worker's rate is set against river's measured in the same minutes.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -17,12 +26,14 @@ import json
 import math
 import platform
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from schemas.settings import REPO_ROOT  # noqa: E402
 from schemas.topology import load_topology  # noqa: E402
@@ -36,6 +47,8 @@ def main() -> None:
     parser.add_argument("--tenants", type=int, default=100)
     parser.add_argument("--agent-types", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=20, help="turns the monitor and river alone take over the facts")
+    parser.add_argument("--worker-rounds", type=int, default=2, help="timed runs of the drift_detector worker (0: none)")
+    parser.add_argument("--max-batch", type=int, default=None, help="the worker's AGENTSTREAM_RUNTIME_MAX_BATCH (default: the setting's)")
     args = parser.parse_args()
     spec = load_topology(REPO_ROOT / "topology.yaml").drift
     assert spec is not None and spec.anomaly is not None
@@ -110,6 +123,35 @@ def main() -> None:
     state_bytes = sum(len(monitor.dump_state(key)) for key in dirty)
     dump_s = time.perf_counter() - started
 
+    def river_pass() -> float:
+        """Bare river over every fact once; returns facts/s."""
+        began = time.perf_counter()
+        for tenant, agent_type, values, vector in rows:
+            for metric_name, value in values:
+                detectors[(tenant, agent_type, metric_name)].update(value)
+            model = detectors[(tenant, agent_type, "anomaly")]
+            model.score_one(vector)
+            model.learn_one(vector)
+        return len(rows) / (time.perf_counter() - began)
+
+    updates_per_fact = updates / args.facts
+    in_worker = worker_rounds(facts, args.worker_rounds, river_pass, args.max_batch) if args.worker_rounds else []
+    worker_figures = {}
+    if in_worker:
+        worker_rate = statistics.median(r["rate"] for r in in_worker)
+        river_rate = statistics.median(r["river_facts_per_s"] for r in in_worker)
+        worker_figures = {
+            "worker_facts_per_s": round(worker_rate),
+            "worker_detector_updates_per_s": round(worker_rate * updates_per_fact),
+            "worker_cpu_us_per_fact": round(statistics.median(r["cpu_us"] for r in in_worker), 1),
+            "worker_batches": [r["batches"] for r in in_worker],
+            "worker_max_batch": args.max_batch or "default",
+            "river_raw_facts_per_s_beside_worker": round(river_rate),
+            "river_raw_updates_per_s_beside_worker": round(river_rate * updates_per_fact),
+            "worker_share_of_river_rate": round(worker_rate / river_rate, 3),
+            "worker_rounds": [{k: round(v, 1) if isinstance(v, float) else v for k, v in r.items() if k != "app_id"} for r in in_worker],
+        }
+
     print(json.dumps({
         "bench": "drift_throughput",
         "machine": f"{platform.machine()} python {platform.python_version()}",
@@ -126,7 +168,44 @@ def main() -> None:
         "dump_state_ms": round(dump_s * 1000, 1),
         "state_bytes_total": state_bytes,
         "target_facts_per_s": 20_000,
+        **worker_figures,
     }))
+
+
+def produce_facts(settings: Any, facts: list[dict[str, Any]]) -> None:
+    """The facts into ``facts.tasks``, keyed by tenant (murmur2, as the runtime routes)."""
+    from confluent_kafka import Producer
+
+    from connectors.kafka_config import confluent_config
+
+    producer = Producer({**confluent_config(settings), "partitioner": "murmur2_random", "linger.ms": 20, "batch.size": 1_000_000})
+    for fact in facts:
+        while True:
+            try:
+                producer.produce("facts.tasks", json.dumps(fact).encode(), fact["tenant"].encode())
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    if producer.flush(120):
+        raise RuntimeError("facts not all delivered")
+
+
+def worker_rounds(facts: list[dict[str, Any]], rounds: int, river_pass: Any, max_batch: int | None = None) -> list[dict[str, Any]]:
+    """Time ``rounds`` drift_detector workers over ``facts`` on the bench's own stack; a river pass after each."""
+    from own_stack import own_stack
+    from worker_rounds import time_worker
+
+    out = []
+    with own_stack("agentstream-bench-drift-", 39602, 39589, AGENTSTREAM_WEB_PORT="6396") as settings:
+        produce_facts(settings, facts)
+        for n in range(rounds):
+            env = {"AGENTSTREAM_RUNTIME_MAX_BATCH": str(max_batch)} if max_batch else None
+            round_ = time_worker(settings, "drift_detector", len(facts), 6397 + n, env=env)
+            round_["river_facts_per_s"] = river_pass()
+            print(f"round {n + 1}: worker {round_['rate']:,.0f} facts/s ({round_['cpu_us']:.1f} us CPU/fact, {round_['batches']} batches), river alone {round_['river_facts_per_s']:,.0f} facts/s", file=sys.stderr, flush=True)
+            out.append(round_)
+    return out
 
 
 if __name__ == "__main__":

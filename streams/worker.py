@@ -10,15 +10,17 @@ from faust.web import Request, Response, View
 from schemas import default_registry, topics
 from schemas.wire import bind
 from schemas.topology import CodeView
-from streams import billing_agent, facts_agent, handlers, projection_agent, provisioner_agent, saga_agent
+from streams import billing_agent, drift_agent, facts_agent, handlers, projection_agent, provisioner_agent, saga_agent
 from streams import web_views  # noqa: F401  (registers /cubes/{name} on the web server)
 from streams.app import app, settings, topology
+from streams.drift.catalog import check as drift_check
 from streams.runtime import AgentContext, RuntimeAgent
 from streams.runtime.service import RuntimeService, runtime_service
 
 #: Every agent of the platform, by name (``topology.yaml`` declares the same set).
 AGENTS: dict[str, RuntimeAgent] = {
-    agent.name: agent for agent in (handlers.AGENT, facts_agent.AGENT, projection_agent.AGENT, saga_agent.AGENT, provisioner_agent.AGENT, billing_agent.AGENT)
+    agent.name: agent
+    for agent in (handlers.AGENT, facts_agent.AGENT, projection_agent.AGENT, saga_agent.AGENT, provisioner_agent.AGENT, billing_agent.AGENT, drift_agent.AGENT)
 }
 
 
@@ -36,13 +38,14 @@ def select(names: Iterable[str] | None) -> list[RuntimeAgent]:
 
 
 def code_view() -> CodeView:
-    """The agents, tables and schemas that the code defines, for ``topology validate``."""
+    """The agents, tables, schemas and drift detector checks that the code defines, for ``topology validate``."""
     partitions = {table: topology.topic(agent.inputs[0]).partitions for agent in AGENTS.values() for table in agent.tables}
     return CodeView(
         agents={agent.name: (list(agent.inputs), list(agent.tables)) for agent in AGENTS.values()},
         tables=partitions,
         schemas=set(default_registry().names()),
         topics=frozenset(topics.ALL),
+        drift_checker=drift_check,
     )
 
 

@@ -1,9 +1,10 @@
 """``agentstream demo``: the whole pipeline on embedded defaults, from nothing to a summary.
 
 Brings the local stack up, applies the topology, starts a worker, sends a realistic burst of
-commands for a few tenants (with a few bad ones on purpose), and prints what happened, ending
-with one event read as any Kafka tool reads it (confluent-kafka's ``AvroDeserializer`` and the
-schema registry). It stops what it started.
+commands for a few tenants (with a few bad ones on purpose), and prints what happened; then
+shows drift detection (a latency shift for one agent type, its alert), one event read as any
+Kafka tool reads it (confluent-kafka's ``AvroDeserializer`` and the schema registry) and the
+throughput. It stops what it started.
 """
 
 from __future__ import annotations
@@ -165,6 +166,57 @@ def _burst(settings: Settings, tenants: list[str], agents: int, commands: int, t
     console.print(f"burst: {done:,} commands sent and decided in {elapsed:.1f}s: [bold]{done / elapsed:,.0f} commands/s[/] end to end (one worker, exactly once, on this machine)")
 
 
+def _drift(settings: Settings, tenant: str, agent_type: str = "coder", other: str = "reviewer", before: int = 2000, after: int = 400, timeout: float = 30.0) -> None:
+    """A stream of task facts for one agent type whose latency doubles; show the drift_detector's alert.
+
+    The facts go straight to ``facts.tasks`` (as the facts builder writes them, keyed by tenant):
+    a latency shift through real tasks would take as long as the tasks do. A second agent type
+    runs unchanged beside it and raises nothing. Neither type is one the commands above use, so
+    the alert's index counts these facts only.
+    """
+    import datetime as dt
+    import json
+    import time
+
+    from confluent_kafka import Producer
+
+    from connectors.kafka_config import confluent_config
+    from connectors.redis_store import redis_client
+    from streams.drift_latest import read_latest
+
+    rng = random.Random(3)
+    start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=before + after)
+    producer = Producer({**confluent_config(settings), "partitioner": "murmur2_random", "linger.ms": 10})
+    for i in range(before + after):
+        for kind in (agent_type, other):
+            slow = 2.0 if kind == agent_type and i >= before else 1.0
+            fact = {
+                "tenant": tenant, "agent_id": f"{kind}-demo", "agent_type": kind, "region": "eu-west-1", "task_id": f"drift-demo-{kind}-{i}",
+                "outcome": "failed" if rng.random() < 0.05 else "completed", "response_time_ms": round(rng.lognormvariate(6.5, 0.4) * slow),
+                "cost": round(rng.lognormvariate(-3.5, 0.8), 6), "event_time": (start + dt.timedelta(seconds=i)).isoformat(), "event_id": f"drift-demo-{kind}-{i}",
+            }
+            producer.produce("facts.tasks", json.dumps(fact).encode(), tenant.encode())
+        producer.poll(0)
+    producer.flush(30)
+    console.print(f"{2 * (before + after):,} task facts of {tenant}: {agent_type} answers 2x slower from its task {before:,}; {other} unchanged")
+    r = redis_client(settings)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        latest = read_latest(r, tenant)
+        alert = latest.get(agent_type, {}).get("response_time")
+        if alert is not None:
+            b, a = alert["before"], alert["after"]
+            console.print(
+                f"[bold]DriftDetected[/] {tenant}/{agent_type} response_time by {alert['detector']} at task {alert['index']:,} "
+                f"({alert['index'] - before} tasks after the shift): mean {b['mean']:,.0f} ms over {b['count']} before, {a['mean']:,.0f} ms over {a['count']} after"
+            )
+            others = sorted(t for t, metrics in latest.items() if t != agent_type and set(metrics) - {"anomaly"})
+            console.print(f"other agent types with a drift alert: {', '.join(others) or 'none'} (Redis drift:{{{tenant}}}:*, alerts.drift, `agentstream drift list` via the sink)")
+            return
+        time.sleep(0.3)
+    console.print(f"[yellow]no drift alert for {tenant}/{agent_type} after {timeout:.0f}s[/]")
+
+
 def _report(tally: Tally, tenants: list[str]) -> None:
     table = Table("tenant", "accepted", "rejected (code: count)", title="command outcomes")
     for tenant in tenants:
@@ -323,10 +375,12 @@ def demo(
         _report(tally, names)
         console.rule("[bold]6. read models and cubes")
         _read_side(settings, names, tally)
-        console.rule("[bold]7. the store, read by a tool that knows nothing of agentstream")
+        console.rule("[bold]7. drift detection")
+        _drift(settings, names[0])
+        console.rule("[bold]8. the store, read by a tool that knows nothing of agentstream")
         _foreign_read(settings, names[0])
         if burst:
-            console.rule("[bold]8. throughput")
+            console.rule("[bold]9. throughput")
             _burst(settings, names, agents, burst)
     finally:
         for process, name in ((worker, "worker"), (sink, "sink")):

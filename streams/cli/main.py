@@ -58,7 +58,7 @@ def config(as_json: bool = typer.Option(False, "--json", help="Print JSON instea
 
 @cli.command()
 def worker(
-    agents: str = typer.Option("", "--agents", help="Comma-separated agents to run here (default: all): command_handler, facts_builder, projector, sagas, provisioner, billing."),
+    agents: str = typer.Option("", "--agents", help="Comma-separated agents to run here (default: all): command_handler, facts_builder, projector, sagas, provisioner, billing, drift_detector."),
 ) -> None:
     """Start a worker running the runtime agents (another worker process joins their groups and takes partitions)."""
     from streams.worker import UnknownAgent, run, select
