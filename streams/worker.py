@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from typing import Iterable, Sequence
 
@@ -67,6 +68,10 @@ def run(agents: Sequence[str] | None = None) -> None:
     """
     chosen = select(agents)
     bind(default_registry(), settings)  # schema ids from the registry, cached before the first record
+    # The runtime allocates many short-lived objects per record and keeps long-lived tables: fewer
+    # young collections, and the start-up objects out of the old generation's scans (~10% CPU).
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     app.conf.datadir.mkdir(parents=True, exist_ok=True)
     app.service(runtime_service(chosen, AgentContext(settings, topology)))
     sys.argv = ["agentstream-worker", "worker", "--loglevel", settings.log_level]
