@@ -38,6 +38,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from worker_rounds import produce  # noqa: E402  (bench/ is on the path from here)
+
 def _preload(settings, tenants: int, commands: int) -> None:
     from confluent_kafka import Producer
 
@@ -54,13 +56,7 @@ def _preload(settings, tenants: int, commands: int) -> None:
             value, headers = create
         else:
             value, headers = registry.encode("ConfigureAgent", {"agent_id": "bot", "config": {"step": str(i)}})
-        while True:
-            try:
-                producer.produce("commands.platform", value, t.encode(), headers=headers + CommandMeta(command_id=f"c{i}", tenant_id=t).to_headers())
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
+        produce(producer, "commands.platform", value, t.encode(), headers + CommandMeta(command_id=f"c{i}", tenant_id=t).to_headers())
     assert producer.flush(120) == 0
 
 

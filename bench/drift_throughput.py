@@ -35,6 +35,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from worker_rounds import produce  # noqa: E402  (bench/ is on the path from here)
+
 from schemas.settings import REPO_ROOT  # noqa: E402
 from schemas.topology import load_topology  # noqa: E402
 from streams.drift.catalog import build  # noqa: E402
@@ -180,13 +182,7 @@ def produce_facts(settings: Any, facts: list[dict[str, Any]]) -> None:
 
     producer = Producer({**confluent_config(settings), "partitioner": "murmur2_random", "linger.ms": 20, "batch.size": 1_000_000})
     for fact in facts:
-        while True:
-            try:
-                producer.produce("facts.tasks", json.dumps(fact).encode(), fact["tenant"].encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
+        produce(producer, "facts.tasks", json.dumps(fact).encode(), fact["tenant"].encode())
     if producer.flush(120):
         raise RuntimeError("facts not all delivered")
 

@@ -37,6 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from worker_rounds import produce  # noqa: E402  (bench/ is on the path from here)
+
 PER_TENANT = 100
 LIVE_SPAN_S = 15.0
 DOWN_SPAN_S = 10.0
@@ -92,13 +94,7 @@ def _preload(settings: Any, app: str, n: int, lead_s: float) -> tuple[dict[tuple
         at = datetime.fromtimestamp(due_s - within, UTC)
         value, headers = registry.encode("TaskAssigned", {"task_id": task, "agent_id": "a1", "task_type": "x", "input": {}, "start_within_s": within})
         meta = EventMeta(event_id=uuid.uuid4().hex, tenant_id=t, stream_id=f"task-{task}", version=1, occurred_at=at, command_id="bench")
-        while True:
-            try:
-                producer.produce("events.platform", value, t.encode(), headers=headers + meta.to_headers())
-                break
-            except BufferError:
-                producer.poll(0.1)
-        producer.poll(0)
+        produce(producer, "events.platform", value, t.encode(), headers + meta.to_headers())
         due[(t, task)] = int(due_s * 1000)
         phase[(t, task)] = "live" if live else "down"
     assert producer.flush(120) == 0

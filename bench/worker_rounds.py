@@ -19,6 +19,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def produce(producer: Any, topic: str, value: bytes, key: bytes, headers: Any = None) -> None:
+    """``producer.produce``, waiting while the client's queue is full (pre-loading as fast as it goes)."""
+    while True:
+        try:
+            producer.produce(topic, value, key, headers=headers)
+            break
+        except BufferError:
+            producer.poll(0.1)
+    producer.poll(0)
+
+
 def take(consumer: Any, most: int = 5000) -> list[Any]:
     """What a bare loop takes per turn, as the runtime does: wait briefly for one record, then everything already fetched."""
     first = consumer.consume(1, timeout=0.2)
