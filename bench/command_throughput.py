@@ -40,19 +40,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from worker_rounds import produce  # noqa: E402  (bench/ is on the path from here)
 
-def _preload(settings, tenants: int, commands: int) -> None:
+def _preload(settings, tenants: int | list[str], commands: int, registry=None) -> None:
+    """``commands`` commands over ``tenants`` (a count of ``bench-N`` tenants, or their names): one
+    CreateAgent per tenant, then ConfigureAgents round-robin, encoded by ``registry`` (default: the
+    process's bound one)."""
     from confluent_kafka import Producer
 
     from connectors.kafka_config import confluent_config
     from schemas import default_registry
     from schemas.messages import CommandMeta
 
-    registry = default_registry()
+    registry = registry or default_registry()
+    names = [f"bench-{n}" for n in range(tenants)] if isinstance(tenants, int) else tenants
     producer = Producer({**confluent_config(settings), "partitioner": "murmur2_random", "linger.ms": 20, "enable.idempotence": True})
     create = registry.encode("CreateAgent", {"agent_id": "bot", "name": "Bot", "agent_type": "llm"})
     for i in range(commands):
-        t = f"bench-{i % tenants}"
-        if i < tenants:
+        t = names[i % len(names)]
+        if i < len(names):
             value, headers = create
         else:
             value, headers = registry.encode("ConfigureAgent", {"agent_id": "bot", "config": {"step": str(i)}})

@@ -38,14 +38,17 @@ from worker_rounds import produce  # noqa: E402  (bench/ is on the path from her
 TENANTS = 100
 
 
-def _preload(settings, tasks: int) -> int:
+def _preload(settings, tasks: int, tenants: list[str] | None = None, registry=None) -> int:
+    """The events of ``tasks`` tasks over ``tenants`` (default: ``TENANTS`` tenants ``fold-N``),
+    encoded by ``registry`` (default: the process's bound one); returns how many were written."""
     from confluent_kafka import Producer
 
     from connectors.kafka_config import confluent_config
     from schemas import default_registry
     from schemas.messages import EventMeta
 
-    registry = default_registry()
+    registry = registry or default_registry()
+    names = tenants or [f"fold-{n}" for n in range(TENANTS)]
     rng = random.Random(3)
     producer = Producer({**confluent_config(settings), "partitioner": "murmur2_random", "linger.ms": 20})
     versions: dict[tuple[str, str], int] = {}
@@ -60,11 +63,11 @@ def _preload(settings, tasks: int) -> int:
         produce(producer, "events.platform", value, t.encode(), headers + meta.to_headers())
         count += 1
 
-    for n in range(TENANTS):
+    for t in names:
         for a in range(8):
-            emit(f"fold-{n}", f"agent-a{a}", "AgentCreated", {"agent_id": f"a{a}", "name": "A", "agent_type": "llm", "region": "eu-west-1", "config": {}}, start)
+            emit(t, f"agent-a{a}", "AgentCreated", {"agent_id": f"a{a}", "name": "A", "agent_type": "llm", "region": "eu-west-1", "config": {}}, start)
     for n in range(tasks):
-        t, agent = f"fold-{n % TENANTS}", f"a{rng.randrange(8)}"
+        t, agent = names[n % len(names)], f"a{rng.randrange(8)}"
         begun = start + timedelta(seconds=rng.uniform(0, 3 * 3600))
         emit(t, f"task-{n}", "TaskAssigned", {"task_id": str(n), "agent_id": agent, "task_type": "x", "input": {}}, begun)
         if rng.random() < 0.9:

@@ -42,16 +42,19 @@ def runtime_status(port: int) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-def time_worker(settings: Any, agent: str, records: int, web_port: int, env: dict[str, str] | None = None, timeout: float = 600) -> dict[str, Any]:
+def time_worker(
+    settings: Any, agent: str, records: int, web_port: int, env: dict[str, str] | None = None, timeout: float = 600, app_id: str | None = None
+) -> dict[str, Any]:
     """Run ``agentstream worker --agents AGENT`` under a fresh app id (its group starts at the
-    beginning, its tables empty) until it has committed ``records`` input records.
+    beginning, or where offsets committed for ``app_id`` beforehand say; its tables empty) until
+    it has committed ``records`` input records.
 
     Returns the rate from its first batch to the commit covering the last record, and its CPU
     µs per record over the same span (read from /proc when the first batch shows up and at the end).
     """
     from streams.supervisor import WorkerProcess
 
-    app_id = f"bench-{uuid.uuid4().hex[:6]}"
+    app_id = app_id or f"bench-{uuid.uuid4().hex[:6]}"
     env = {"AGENTSTREAM_APP_ID": app_id, "AGENTSTREAM_WEB_PORT": str(web_port), "AGENTSTREAM_LOG_LEVEL": "warn", **(env or {})}
     worker = WorkerProcess(settings.data_dir / f"{app_id}.log", env=env, args=["worker", "--agents", agent], restart=False).start()
     try:

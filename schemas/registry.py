@@ -159,6 +159,10 @@ class SchemaRegistry:
         #: id cached at bind time (``schemas.wire.bind`` sets both).
         self.bound_to: str | None = None
         self.bound_eagerly = False
+        #: What ``encode`` writes: ``"confluent"`` (the wire format) or ``"headers"`` (the format
+        #: before it, for a rolling upgrade whose readers are not all upgraded yet; see
+        #: ``Settings.wire_format``). Readers read both whatever this says.
+        self.write_format: Literal["confluent", "headers"] = "confluent"
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -325,19 +329,20 @@ class SchemaRegistry:
 
         Returns ``(value, headers)``: ``value`` is magic byte 0, the 4-byte schema id, the Avro
         body; headers are ``[(SCHEMA_HEADER, name)]`` (utf-8), so a reader can route by type
-        without decoding. Raises :class:`SchemaValidationError`, :class:`UnknownSchema` or
-        :class:`SchemaNotBound` (no registry bound).
+        without decoding. With :attr:`write_format` ``"headers"``, ``value`` is the bare Avro body
+        and a ``VERSION_HEADER`` is added (the format before). Raises :class:`SchemaValidationError`,
+        :class:`UnknownSchema` or :class:`SchemaNotBound` (no registry bound).
         """
         sv = self.get(name, version)
         instance = self.validate(name, data, sv.version)
-        prefix = self._prefixes.get((sv.name, sv.version)) or self._prefix(sv)
+        prefix, headers = self._framing(sv)
         buf = io.BytesIO()
         buf.write(prefix)
         try:
             fastavro.schemaless_writer(buf, sv.schema, instance.model_dump())
         except Exception as exc:  # validated already; anything left is a value Avro cannot hold
             raise SchemaValidationError(name, [f"<avro>: {exc}"]) from None
-        return buf.getvalue(), [(SCHEMA_HEADER, sv.name.encode())]
+        return buf.getvalue(), headers
 
     def encode_record(self, name: str, record: Mapping[str, Any]) -> tuple[bytes, list[tuple[str, bytes]]]:
         """``encode`` for a record the code built itself (a decider's event), without the model round trip.
@@ -347,14 +352,20 @@ class SchemaRegistry:
         :class:`SchemaValidationError`, :class:`UnknownSchema` or :class:`SchemaNotBound`.
         """
         sv = self.get(name)
-        prefix = self._prefixes.get((sv.name, sv.version)) or self._prefix(sv)
+        prefix, headers = self._framing(sv)
         buf = io.BytesIO()
         buf.write(prefix)
         try:
             fastavro.schemaless_writer(buf, sv.schema, record)
         except Exception as exc:
             raise SchemaValidationError(name, [f"<avro>: {type(exc).__name__}: {exc}"]) from None
-        return buf.getvalue(), [(SCHEMA_HEADER, sv.name.encode())]
+        return buf.getvalue(), headers
+
+    def _framing(self, sv: SchemaVersion) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """(prefix of the body, headers) of a record of ``sv`` in :attr:`write_format`."""
+        if self.write_format == "headers":
+            return b"", [(SCHEMA_HEADER, sv.name.encode()), (VERSION_HEADER, str(sv.version).encode())]
+        return self._prefixes.get((sv.name, sv.version)) or self._prefix(sv), [(SCHEMA_HEADER, sv.name.encode())]
 
     def decode(
         self, value: bytes, headers: Iterable[tuple[str | bytes, bytes | None]] | Mapping[str, bytes] | None

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     #: Seconds a process waits (retrying, with a log line per try) for an unreachable registry
     #: before it gives up on binding or on resolving one schema id; 0 waits forever.
     schema_registry_wait_s: float = 120.0
+    #: What writers put on the store's topics: ``confluent`` (magic byte, schema id, Avro body;
+    #: any Kafka tool reads it) or ``headers``, the format before it (bare Avro body, schema name
+    #: and version in headers). ``headers`` is for a rolling upgrade: writers keep the old format
+    #: until every reader runs this release. Readers read both formats whatever this says.
+    wire_format: Literal["confluent", "headers"] = "confluent"
 
     # Stores
     clickhouse_url: str = ""  # empty: embedded chdb under data_dir (filled in below)

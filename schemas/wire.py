@@ -231,9 +231,11 @@ def bind(registry: SchemaRegistry, settings: Settings, *, eager: bool = True) ->
     (:func:`register`) and fill the id cache, so the hot path never calls the registry.
     ``eager=False`` (the client, the CLI, readers): attach the registry only; the first record of
     a type registers (idempotently) or fetches its one id, so a short-lived command costs one
-    round trip instead of one per schema. Binding again is free (returns ``[]``).
+    round trip instead of one per schema. Binding again is free (returns ``[]``). From now on the
+    registry writes ``settings.wire_format``.
     """
     url = settings.schema_registry_url
+    registry.write_format = settings.wire_format
     with _binding:
         if registry.bound_to == url and (registry.bound_eagerly or not eager):
             return []

@@ -115,6 +115,7 @@ def restore(config: dict[str, Any], topic: str, partitions: list[int], poll_s: f
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
             "fetch.max.bytes": 64 * 1024 * 1024,
+            "fetch.wait.max.ms": 10,  # an empty partition's end is known after one fetch: do not let it idle
         }
     )
     try:

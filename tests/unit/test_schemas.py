@@ -530,3 +530,29 @@ def test_the_fast_forms_write_and_read_what_the_model_forms_do(prefer_null):
 def test_encode_record_refuses_a_value_of_the_wrong_type():
     with pytest.raises(SchemaValidationError):
         default_registry().encode_record("AgentStarted", {"agent_id": 5})
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS + EVENTS))
+def test_headers_write_format_writes_the_old_format(name: str) -> None:
+    """``write_format = "headers"`` (a rolling upgrade) writes the bytes and headers of the format
+    before the wire format, in both encode paths, and every reader reads them."""
+    reg = SchemaRegistry.load()  # not the shared one: its write format changes here
+    reg.write_format = "headers"
+    old = encode_old_format(name, PAYLOADS[name])
+    assert reg.encode(name, PAYLOADS[name]) == old
+    assert reg.encode_record(name, reg.validate(name, PAYLOADS[name]).model_dump()) == old
+    assert reg.decode(*old) == (name, reg.validate(name, PAYLOADS[name]))
+
+
+def test_bind_sets_the_write_format(monkeypatch: pytest.MonkeyPatch) -> None:
+    from schemas.settings import Settings
+    from schemas.wire import bind
+
+    reg = SchemaRegistry.load()
+    reg.attach(MemoryIds(), "memory:")
+    reg.bound_eagerly = True
+    settings = Settings(schema_registry_url="memory:", wire_format="headers")
+    assert bind(reg, settings) == []  # already bound to that URL: no registry call
+    assert reg.write_format == "headers"
+    with pytest.raises(ValueError):
+        Settings(wire_format="protobuf")
