@@ -2,19 +2,27 @@
 
 Runs on its own local stack (ports 37192/37479 unless told, a temporary data dir) and stops it after:
 
-    .venv/bin/python bench/quota_overhead.py [--commands 50000] [--rounds 3] [--tenants 100]
+    .venv/bin/python bench/quota_overhead.py [--commands 50000] [--rounds 3] [--tenants 100] [--workload configure|lifecycle]
 
-N commands (one CreateAgent per tenant, then ConfigureAgents round-robin over the tenants, as in
-``bench/command_throughput.py``) are pre-loaded into ``commands.platform``. Then, alternating
+N commands are pre-loaded into ``commands.platform``, by ``--workload``:
+
+- ``configure`` (the cheapest command, so the quota's fixed cost weighs most): one CreateAgent
+  per tenant, then ConfigureAgents round-robin over the tenants, as in
+  ``bench/command_throughput.py``;
+- ``lifecycle`` (the commands quotas govern): per tenant a CreateTenant, a SetTenantQuota, a
+  CreateAgent and a StartAgent, then AssignTask / StartTask / CompleteTask per task, tenants interleaved.
+
+Then, alternating
 on/off/on/off, ``agentstream worker --agents command_handler`` runs under a fresh app id (its
 group starts at the beginning, its tables empty) with ``AGENTSTREAM_QUOTAS_ENABLED`` true or
 false and is timed by its own ``/runtime`` figures from its first batch to the commit covering
 the last command (``bench/worker_rounds.py``). With quotas on, every command also reads the
-tenant's quota row, is checked against the free plan's limits (none is reached: 1,000 commands
-an hour per tenant, at most 500 here) and writes the row back in the same transaction.
+tenant's quota row, is checked against its limits (none is reached: with ``configure`` the free
+plan allows 1,000 commands an hour per tenant, with ``lifecycle`` the tenant's SetTenantQuota
+lifts rate and budget) and writes the row back in the same transaction.
 
-The last line printed is one JSON object: the medians of both, their ratio (target >= 0.9) and
-every round.
+The last line printed is one JSON object: the medians of both, their ratio (target >= 0.9),
+every round, and the answers of all rounds by status (a rejection there would be a bench bug).
 """
 
 from __future__ import annotations
@@ -30,6 +38,75 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def _preload_lifecycle(settings, tenants: int, commands: int) -> int:
+    """The task life cycle over ``tenants``: per tenant a CreateTenant, a SetTenantQuota that lifts
+    the rate and budget a long run needs, a CreateAgent and a StartAgent, then AssignTask, StartTask and
+    CompleteTask per task, tenants interleaved (every command but the set-up is one the quotas
+    govern: a slot and a reservation taken, then settled with the cost). Returns how many were
+    written (``commands`` rounded down to whole tasks)."""
+    from confluent_kafka import Producer
+
+    from connectors.kafka_config import confluent_config
+    from schemas import default_registry
+    from schemas.messages import CommandMeta
+    from worker_rounds import produce
+
+    registry = default_registry()
+    producer = Producer({**confluent_config(settings), "partitioner": "murmur2_random", "linger.ms": 20, "enable.idempotence": True})
+    setup = [
+        ("CreateTenant", {"name": "Bench"}),
+        ("SetTenantQuota", {"api_rate_per_hour": 10**9, "monthly_budget_micros": 10**12, "storage_limit_bytes": 10**12, "max_concurrent_tasks": 1000}),
+        ("CreateAgent", {"agent_id": "bot", "name": "Bot", "agent_type": "llm"}),
+        ("StartAgent", {"agent_id": "bot"}),
+    ]
+    per_tenant = (commands - len(setup) * tenants) // tenants // 3
+
+    def steps(task: int) -> list[tuple[str, dict]]:
+        k = f"k{task}"
+        return [
+            ("AssignTask", {"task_id": k, "agent_id": "bot", "task_type": "x", "input": {}, "max_cost": 2000}),
+            ("StartTask", {"task_id": k, "agent_id": "bot"}),
+            ("CompleteTask", {"task_id": k, "output": {}, "cost": 0.001}),
+        ]
+
+    sequence = setup + [step for task in range(per_tenant) for step in steps(task)]
+    sent = 0
+    for position, (name, data) in enumerate(sequence):
+        value, headers = registry.encode(name, data)
+        for n in range(tenants):
+            t = f"bench-{n}"
+            produce(producer, "commands.platform", value, t.encode(), headers + CommandMeta(command_id=f"c{position}-{n}", tenant_id=t).to_headers())
+            sent += 1
+    assert producer.flush(120) == 0
+    return sent
+
+
+def _outcomes(settings) -> dict[str, int]:
+    """Answers on results.commands over every round, by status and rejection code."""
+    from collections import Counter
+
+    import orjson
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    from connectors.kafka_config import confluent_config
+
+    consumer = Consumer({**confluent_config(settings), "group.id": "bench-quota-audit", "isolation.level": "read_committed", "enable.partition.eof": True, "enable.auto.commit": False})
+    parts = consumer.list_topics("results.commands", timeout=10).topics["results.commands"].partitions
+    consumer.assign([TopicPartition("results.commands", p, OFFSET_BEGINNING) for p in parts])
+    counts: Counter = Counter()
+    waiting = set(parts)
+    while waiting:
+        for m in consumer.consume(10000, timeout=1):
+            if m.error():
+                if m.error().code() == KafkaError._PARTITION_EOF:
+                    waiting.discard(m.partition())
+                continue
+            result = orjson.loads(m.value())
+            counts[result["status"] if result["status"] == "accepted" else f"rejected {result['code']}"] += 1
+    consumer.close()
+    return dict(counts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--commands", type=int, default=50_000)
@@ -38,8 +115,9 @@ def main() -> None:
     parser.add_argument("--kafka-port", type=int, default=37192)
     parser.add_argument("--redis-port", type=int, default=37479)
     parser.add_argument("--web-port", type=int, default=6390, help="first of the workers' web ports (one per round)")
+    parser.add_argument("--workload", choices=("configure", "lifecycle"), default="configure")
     args = parser.parse_args()
-    if args.commands > args.tenants * 1000:
+    if args.workload == "configure" and args.commands > args.tenants * 1000:
         parser.error("more than 1,000 commands per tenant would pass the free plan's hourly rate")
 
     from command_throughput import _preload
@@ -48,7 +126,10 @@ def main() -> None:
 
     rounds: dict[str, list[dict]] = {"on": [], "off": []}
     with own_stack("agentstream-bench-quota-", args.kafka_port, args.redis_port, AGENTSTREAM_WEB_PORT=str(args.web_port - 1)) as settings:
-        _preload(settings, args.tenants, args.commands)
+        if args.workload == "lifecycle":
+            args.commands = _preload_lifecycle(settings, args.tenants, args.commands)
+        else:
+            _preload(settings, args.tenants, args.commands)
         port = args.web_port
         for n in range(args.rounds):
             for mode in ("on", "off") if n % 2 == 0 else ("off", "on"):
@@ -57,12 +138,15 @@ def main() -> None:
                 port += 1
                 rounds[mode].append(result)
                 print(f"round {n + 1}, quotas {mode}: {result['rate']:,.0f} commands/s, {result['cpu_us']:.0f} us CPU/command", flush=True)
+        outcomes = _outcomes(settings)
     on = statistics.median(r["rate"] for r in rounds["on"])
     off = statistics.median(r["rate"] for r in rounds["off"])
     figures = {
         "benchmark": "quota_overhead",
         "commands": args.commands,
         "tenants": args.tenants,
+        "workload": args.workload,
+        "answers": outcomes,
         "quotas_on_per_s": round(on),
         "quotas_off_per_s": round(off),
         "ratio": round(on / off, 3),

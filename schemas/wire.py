@@ -22,6 +22,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 from urllib.parse import quote
@@ -175,15 +176,20 @@ def register(registry: SchemaRegistry, settings: Settings, source: RegistryIds |
     """
     source = source or RegistryIds(settings)
     levels = compatibility_levels(settings, registry)
-    done: list[Registration] = []
-    for name in registry.names():
-        subject, level = subject_of(registry.get(name)), levels[name]
+
+    def one_subject(name: str) -> list[Registration]:
+        subject, level, done = subject_of(registry.get(name)), levels[name], []
         for sv in registry.versions(name):
             schema_id = source.id_for(sv)
-            if sv is registry.versions(name)[0]:  # the subject exists from its first version on
+            if not done:  # the subject exists from its first version on
                 source.call(f"setting {subject} to {level}", lambda: source.client.set_compatibility(subject, level))
             done.append(Registration(name, sv.version, subject, schema_id, level))
-    return done
+        return done
+
+    # Subjects are independent (versions within one stay in order): a worker's start waits for
+    # the slowest subject, not for the sum of a round trip per version.
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="schema-register") as pool:
+        return [reg for regs in pool.map(one_subject, registry.names()) for reg in regs]
 
 
 def check(registry: SchemaRegistry, settings: Settings, source: RegistryIds | None = None) -> list[str]:

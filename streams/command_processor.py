@@ -116,10 +116,10 @@ class CommandProcessor:
         self._loaded: dict[str, tuple[Mapping[str, Any], Any]] = {}
         #: Default limits per plan (``load_topology(...).quotas``); None turns quotas off.
         self.plans = plans
-        # Per quota key, the last row object read or written, its parsed state and its dumped
-        # state: the table returns the very object this processor put (in the batch and after
-        # its commit), so a row is parsed once, and dumped per command by what changed.
-        self._quota_rows: dict[str, tuple[Any, quotas.QuotaState, Any]] = {}
+        # Per quota key, the last row object read or written and its parsed state: the table
+        # returns the very object this processor put (in the batch and after its commit), so a
+        # row is parsed once.
+        self._quota_rows: dict[str, tuple[Any, quotas.QuotaState]] = {}
 
     def process(
         self,
@@ -185,11 +185,11 @@ class CommandProcessor:
 
         version = stored["version"]
         state = self._load(aggregate, skey, stored)
-        quota: tuple[str, quotas.QuotaState, Any, QuotaLimits] | None = None
+        quota: tuple[str, quotas.QuotaState, QuotaLimits] | None = None
         if self.plans is not None:
             quota = self._quota(meta.tenant_id, load_state)
             if name != APPEND_EVENTS:
-                command = quotas.with_defaults(command, quota[3])
+                command = quotas.with_defaults(command, quota[2])
         if name == APPEND_EVENTS:
             decision = self._appended_events(aggregate, command, meta, version)
         elif meta.expected_version is not None and meta.expected_version != version:
@@ -222,16 +222,16 @@ class CommandProcessor:
         result = CommandAccepted.model_construct(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
         extra_rows: dict[str, dict[str, Any]] = {}
         if quota is not None:
-            qkey, qrow, qdumped, limits = quota
+            qkey, qrow, limits = quota
             verdict = quotas.admit(command, decision, qrow, limits, now, append_bytes=sum(len(e.value) for e in appended))
             if isinstance(verdict, quotas.QuotaExceeded):
                 outcome = self._reject(meta, RejectionCode.QUOTA_EXCEEDED, verdict.message, current_version=stored["version"], exceeded=verdict)
                 outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **moved}
                 return outcome
-            row = {"state": quotas.dump_after(verdict, qrow, qdumped)}
+            row = {"state": quotas.row_data(verdict)}
             if len(self._quota_rows) > 100_000:
                 self._quota_rows.clear()
-            self._quota_rows[qkey] = (row, verdict, row["state"])
+            self._quota_rows[qkey] = (row, verdict)
             extra_rows[qkey] = row
         dumped = aggregate.dump(state)
         snapshot = None
@@ -250,18 +250,14 @@ class CommandProcessor:
             return memo[1]
         return aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
 
-    def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> tuple[str, quotas.QuotaState, Any, QuotaLimits]:
-        """The tenant's quota row key, its state as the batch sees it (and that state's dump, or
-        None), and its effective limits."""
+    def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> tuple[str, quotas.QuotaState, QuotaLimits]:
+        """The tenant's quota row key, its state as the batch sees it, and its effective limits."""
         assert self.plans is not None
         qkey = state_key(tenant_id, quotas.QUOTA_ROW)
         stored = load_state(qkey)
         cached = self._quota_rows.get(qkey)
-        if cached is not None and cached[0] is stored:
-            _, qrow, dumped = cached
-        else:
-            qrow, dumped = quotas.load((stored or {}).get("state")), None
-        return qkey, qrow, dumped, quotas.limits_of(qrow, self.plans)
+        qrow = cached[1] if cached is not None and cached[0] is stored else quotas.load((stored or {}).get("state"))
+        return qkey, qrow, quotas.limits_of(qrow, self.plans)
 
     def _appended_events(self, aggregate: Aggregate, command: Command, meta: CommandMeta, version: int) -> list[Event] | Rejection:
         """The events of an AppendEvents command, checked like any other write."""

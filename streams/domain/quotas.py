@@ -42,6 +42,7 @@ import json
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from operator import itemgetter
 from datetime import UTC, datetime, timedelta
 from typing import Any, Iterable, Mapping
 
@@ -63,6 +64,10 @@ EXEMPT = frozenset({"SetTenantQuota", "RecordTenantPreparation", "CompleteTenant
 BUCKET_MS = 60_000
 WINDOW_BUCKETS = 61
 HOUR_MS = 3_600_000
+#: The events ``apply`` does something with beside moving the row's clock.
+QUOTA_EVENTS = frozenset(
+    {"TenantCreated", "TenantQuotaSet", "AgentCreated", "TaskAssigned", "TaskReassigned", "TaskCompleted", "TaskFailed", "AgentStopped"}
+)
 MICROS = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -127,14 +132,17 @@ class QuotaExceeded:
         return f"quota {self.quota} exceeded: usage {self.usage} + {self.requested} would pass the limit {self.limit}"
 
 
-class TaskHold(BaseModel):
+@dataclass(frozen=True, slots=True)
+class TaskHold:
     """An unfinished task as the quota sees it: its agent, its reservation, whether it holds a slot."""
-
-    model_config = ConfigDict(frozen=True)
 
     agent_id: str
     reserved_micros: int = 0
     slot: bool = True
+
+    def dump(self) -> dict[str, Any]:
+        """JSON-ready data (what ``QuotaState``'s dump holds for it)."""
+        return {"agent_id": self.agent_id, "reserved_micros": self.reserved_micros, "slot": self.slot}
 
 
 class QuotaState(BaseModel):
@@ -175,8 +183,11 @@ class QuotaState(BaseModel):
 
     def rate_count(self, at_ms: int) -> int:
         """Accepted commands counted for a decision at ``at_ms`` (the 61 buckets ending with its minute)."""
-        now = max(at_ms, self.last_at_ms) // BUCKET_MS
-        return sum(count for bucket, count in self.rate if bucket > now - WINDOW_BUCKETS)
+        oldest = max(at_ms, self.last_at_ms) // BUCKET_MS - WINDOW_BUCKETS
+        rate = self.rate
+        if rate and rate[0][0] > oldest:  # the common case: nothing has left the window
+            return sum(map(itemgetter(1), rate))
+        return sum(count for bucket, count in rate if bucket > oldest)
 
     def usage(self, at: datetime) -> dict[str, int]:
         """Usage of every quota at ``at``, by quota name (for reports and the CLI)."""
@@ -195,20 +206,14 @@ def dump(state: QuotaState) -> dict[str, Any]:
     return state.model_dump(mode="json")
 
 
-def dump_after(state: QuotaState, before: QuotaState | None = None, before_dumped: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``dump(state)`` in one dict copy, for a row dumped after every command.
+def row_data(state: QuotaState) -> Mapping[str, Any]:
+    """The row as the table keeps it, without a copy: the state's own fields (never mutate them).
 
-    Every field but ``tasks`` is JSON-ready as it is (text, integers, a dict of integers, a list
-    of integer pairs), and the state is frozen, so the dict shares them; ``tasks`` is reused from
-    ``before_dumped`` (the dump of ``before``) when the command left it alone. The result equals
-    ``dump(state)`` once through JSON (pairs become lists); it must not be mutated.
+    The row is copied per command, so it is not dumped per command: orjson, which writes table
+    rows, writes these fields as ``dump`` does (``TaskHold`` dataclasses as objects, rate pairs as
+    arrays), and ``load`` reads either form. A unit test holds the two equal.
     """
-    fields = state.__dict__
-    if before is not None and before_dumped is not None and state.tasks is before.tasks:
-        tasks = before_dumped["tasks"]
-    else:
-        tasks = {task_id: hold.model_dump() for task_id, hold in state.tasks.items()}
-    return {**fields, "tasks": tasks}
+    return state.__dict__
 
 
 def load(data: Mapping[str, Any] | None) -> QuotaState:
@@ -216,22 +221,42 @@ def load(data: Mapping[str, Any] | None) -> QuotaState:
     return QuotaState() if data is None else QuotaState.model_validate(data)
 
 
+#: id(overrides) -> (overrides, plan limits, the overlay): see ``limits_of``.
+_overlays: dict[int, tuple[dict[str, int], QuotaLimits, QuotaLimits]] = {}
+
+
 def limits_of(state: QuotaState, plans: QuotaPlans) -> QuotaLimits:
     """The tenant's effective limits: its plan's defaults overlaid by its own."""
     base = plans.plans.get(state.plan) or plans.limits("free")
-    return base.model_copy(update=state.overrides) if state.overrides else base
+    overrides = state.overrides
+    if not overrides:
+        return base
+    # A row's overrides dict is shared by every later row until SetTenantQuota replaces it, so
+    # the overlay is built once per (overrides, base), not per command. Keyed by identity, the
+    # entry keeps its dict alive, so an id is never reused while cached.
+    found = _overlays.get(id(overrides))
+    if found is not None and found[0] is overrides and found[1] is base:
+        return found[2]
+    if len(_overlays) > 10_000:
+        _overlays.clear()
+    limits = base.model_copy(update=overrides)
+    _overlays[id(overrides)] = (overrides, base, limits)
+    return limits
 
 
 def with_defaults(command: Command, limits: QuotaLimits) -> Command:
     """``command`` with ``AssignTask``'s missing ``max_cost`` and ``start_within_s`` taken from ``limits``."""
     if command.type != "AssignTask":
         return command
-    data = dict(command.data)
+    data = command.data
+    if data.get("max_cost") is not None and data.get("start_within_s") is not None:
+        return command
+    data = dict(data)
     if data.get("max_cost") is None:
         data["max_cost"] = limits.task_max_cost_micros
     if data.get("start_within_s") is None:
         data["start_within_s"] = limits.task_start_within_s
-    return replace(command, data=data)
+    return Command(command.type, data, command.tenant_id, command.at)
 
 
 def check(command: Command, state: QuotaState, limits: QuotaLimits, at: datetime, append_bytes: int = 0) -> QuotaExceeded | None:
@@ -241,9 +266,12 @@ def check(command: Command, state: QuotaState, limits: QuotaLimits, at: datetime
     quota of the command's own kind (``CreateAgent``: agents; ``AssignTask``: slots, then
     budget with its ``max_cost``; ``ReassignTask`` of a task whose slot was freed: slots).
     """
+    return _check(command, state, limits, to_ms(at), append_bytes)
+
+
+def _check(command: Command, state: QuotaState, limits: QuotaLimits, at_ms: int, append_bytes: int) -> QuotaExceeded | None:
     if command.type in EXEMPT:
         return None
-    at_ms = to_ms(at)
     count = state.rate_count(at_ms)
     if count + 1 > limits.api_rate_per_hour:
         return QuotaExceeded("api_rate_per_hour", limits.api_rate_per_hour, count)
@@ -281,7 +309,16 @@ def _roll(state: QuotaState, at_ms: int) -> dict[str, Any]:
 
 def count_command(state: QuotaState, at: datetime, append_bytes: int = 0, rated: bool = True) -> QuotaState:
     """The row with one accepted command at ``at``: counted in the rate (unless not ``rated``) and its bytes stored."""
-    update = _roll(state, to_ms(at))
+    return _count_command(state, to_ms(at), append_bytes, rated)
+
+
+def _count_command(state: QuotaState, at_ms: int, append_bytes: int, rated: bool) -> QuotaState:
+    return _evolved(state, _count_update(state, at_ms, append_bytes, rated))
+
+
+def _count_update(state: QuotaState, at_ms: int, append_bytes: int, rated: bool) -> dict[str, Any]:
+    """The updates of ``count_command`` (the clock rolled to ``at_ms`` among them)."""
+    update = _roll(state, at_ms)
     now = update.get("last_at_ms", state.last_at_ms) // BUCKET_MS
     if state.rate and state.rate[0][0] > now - WINDOW_BUCKETS:
         rate = list(state.rate)  # nothing left the window
@@ -293,7 +330,7 @@ def count_command(state: QuotaState, at: datetime, append_bytes: int = 0, rated:
         else:
             rate.append((now, 1))
     update.update(rate=rate, stored_bytes=state.stored_bytes + append_bytes)
-    return _evolved(state, update)
+    return update
 
 
 def _with_hold(state: QuotaState, update: dict[str, Any], task_id: str, hold: TaskHold | None) -> None:
@@ -312,30 +349,41 @@ def _with_hold(state: QuotaState, update: dict[str, Any], task_id: str, hold: Ta
 
 def apply(state: QuotaState, event: Event, at: datetime) -> QuotaState:
     """The row after an accepted ``event`` that happened at ``at`` (other event types: unchanged)."""
+    return _apply(state, event, to_ms(at))
+
+
+def _apply(state: QuotaState, event: Event, at_ms: int) -> QuotaState:
+    update = _roll(state, at_ms)
+    _apply_update(state, update, event)
+    return _evolved(state, update) if update else state
+
+
+def _apply_update(state: QuotaState, update: dict[str, Any], event: Event) -> None:
+    """Add what ``event`` changes to ``update`` (the row being ``state`` with ``update`` over it)."""
     data = event.data
     kind = event.type
-    update = _roll(state, to_ms(at))
     if kind == "TenantCreated":
         update["plan"] = data.get("plan", "free")
     elif kind == "TenantQuotaSet":
-        update["overrides"] = {**state.overrides, **{k: int(v) for k, v in data.items() if v is not None and k in QuotaLimits.FIELDS}}
+        overrides = update.get("overrides", state.overrides)
+        update["overrides"] = {**overrides, **{k: int(v) for k, v in data.items() if v is not None and k in QuotaLimits.FIELDS}}
     elif kind == "AgentCreated":
-        update["agents"] = state.agents + 1
+        update["agents"] = update.get("agents", state.agents) + 1
     elif kind == "TaskAssigned":
-        _with_hold(state, update, data["task_id"], TaskHold(agent_id=data["agent_id"], reserved_micros=int(data.get("max_cost") or 0)))
-    elif kind == "TaskReassigned" and data["task_id"] in state.tasks:
-        moved = state.tasks[data["task_id"]].model_copy(update={"agent_id": data["agent_id"], "slot": True})
-        _with_hold(state, update, data["task_id"], moved)
+        _with_hold(state, update, data["task_id"], TaskHold(data["agent_id"], int(data.get("max_cost") or 0)))
+    elif kind == "TaskReassigned":
+        held = update.get("tasks", state.tasks).get(data["task_id"])
+        if held is not None:
+            _with_hold(state, update, data["task_id"], replace(held, agent_id=data["agent_id"], slot=True))
     elif kind in ("TaskCompleted", "TaskFailed"):
         _with_hold(state, update, data["task_id"], None)
         spent = update.get("spent_micros", state.spent_micros)
         update["spent_micros"] = spent + micros(float(data.get("cost") or 0.0))
     elif kind == "AgentStopped":
         agent = data["agent_id"]
-        for task_id, hold in state.tasks.items():
+        for task_id, hold in list(update.get("tasks", state.tasks).items()):
             if hold.agent_id == agent and hold.slot:
-                _with_hold(state, update, task_id, hold.model_copy(update={"slot": False}))
-    return _evolved(state, update) if update else state
+                _with_hold(state, update, task_id, replace(hold, slot=False))
 
 
 def accept(state: QuotaState, at: datetime, events: Iterable[Event], append_bytes: int = 0, rated: bool = True) -> QuotaState:
@@ -343,20 +391,26 @@ def accept(state: QuotaState, at: datetime, events: Iterable[Event], append_byte
 
     ``rated=False`` for commands outside the rate (``EXEMPT``): their bytes still count.
     """
-    state = count_command(state, at, append_bytes, rated)
+    return _accept(state, to_ms(at), events, append_bytes, rated)
+
+
+def _accept(state: QuotaState, at_ms: int, events: Iterable[Event], append_bytes: int, rated: bool) -> QuotaState:
+    update = _count_update(state, at_ms, append_bytes, rated)  # rolls the row's clock to at_ms
     for event in events:
-        state = apply(state, event, at)
-    return state
+        if event.type in QUOTA_EVENTS:  # the others change nothing once the clock has rolled
+            _apply_update(state, update, event)
+    return _evolved(state, update)  # one new row per command, whatever its events
 
 
 def admit(
     command: Command, events: list[Event], state: QuotaState, limits: QuotaLimits, at: datetime, append_bytes: int = 0
 ) -> QuotaExceeded | QuotaState:
     """Check, then account: the refusal, or the row after the accepted command and its events."""
-    refused = check(command, state, limits, at, append_bytes)
+    at_ms = to_ms(at)
+    refused = _check(command, state, limits, at_ms, append_bytes)
     if refused is not None:
         return refused
-    return accept(state, at, events, append_bytes, rated=command.type not in EXEMPT)
+    return _accept(state, at_ms, events, append_bytes, command.type not in EXEMPT)
 
 
 def roundtrip(state: QuotaState) -> QuotaState:

@@ -330,3 +330,34 @@ def test_the_quota_row_is_no_aggregate_stream() -> None:
     from streams.domain import aggregate_for_stream
 
     assert aggregate_for_stream(quotas.QUOTA_ROW) is None
+
+
+def test_events_outside_quota_events_change_nothing_but_the_clock():
+    """``accept`` skips events not in QUOTA_EVENTS once the clock has rolled: ``apply`` must agree."""
+    from schemas import default_registry
+    from schemas.registry import _named_types, _namespace, _sample
+
+    registry = default_registry()
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    state = quotas.count_command(quotas.QuotaState(agents=2, stored_bytes=10), at)
+    for name in registry.names("event"):
+        raw = registry.get(name).raw
+        event = Event(name, registry.validate(name, _sample(raw, _named_types(raw, _namespace(raw)), _namespace(raw), False, set())).model_dump())
+        if name not in quotas.QUOTA_EVENTS:
+            assert quotas.apply(state, event, at) is state, name
+
+
+def test_row_data_is_written_and_read_as_the_dump():
+    """The table keeps ``row_data`` (no copy) and orjson writes it: the same JSON as ``dump``, and
+    ``load`` reads both the written row and the in-memory one back to the state."""
+    import json
+
+    import orjson
+
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    state = quotas.count_command(QuotaState(plan="pro", overrides={"max_agents": 7}, agents=2), at, 120)
+    state = quotas.apply(state, Event("TaskAssigned", {"task_id": "t1", "agent_id": "a", "max_cost": 300}), at)
+    state = quotas.apply(state, Event("AgentStopped", {"agent_id": "a"}), at)
+    assert orjson.loads(orjson.dumps(quotas.row_data(state))) == json.loads(json.dumps(quotas.dump(state)))
+    assert quotas.load(orjson.loads(orjson.dumps(quotas.row_data(state)))) == state
+    assert quotas.load(quotas.row_data(state)) == state
