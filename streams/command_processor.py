@@ -120,6 +120,23 @@ class CommandProcessor:
         # returns the very object this processor put (in the batch and after its commit), so a
         # row is parsed once.
         self._quota_rows: dict[str, tuple[Any, quotas.QuotaState]] = {}
+        # Between begin_batch and finish_batch: the batch's quota ledgers, and the keys of those
+        # an accepted command changed (None: command by command).
+        self._ledgers: dict[str, quotas.QuotaLedger] | None = None
+        self._changed: set[str] = set()
+
+    def begin_batch(self) -> None:
+        """Keep each tenant's quota row as one mutable ledger until ``finish_batch`` (one row
+        written per tenant and batch instead of one per command). Call it at the start of every
+        batch, a redone one too: it forgets what an unfinished batch had counted."""
+        self._ledgers, self._changed = {}, set()
+
+    def finish_batch(self) -> dict[str, dict[str, Any]]:
+        """The quota rows the batch's accepted commands changed (key -> row), to write in the
+        batch's transaction; back to command by command (rows in ``Outcome.extra_rows``)."""
+        ledgers, changed = self._ledgers or {}, self._changed
+        self._ledgers, self._changed = None, set()
+        return {qkey: self._quota_row(qkey, ledgers[qkey]) for qkey in sorted(changed)}
 
     def process(
         self,
@@ -185,7 +202,7 @@ class CommandProcessor:
 
         version = stored["version"]
         state = self._load(aggregate, skey, stored)
-        quota: tuple[str, quotas.QuotaState, QuotaLimits] | None = None
+        quota: tuple[str, quotas.QuotaLedger, QuotaLimits] | None = None
         if self.plans is not None:
             quota = self._quota(meta.tenant_id, load_state)
             if name != APPEND_EVENTS:
@@ -208,12 +225,13 @@ class CommandProcessor:
             self._loaded[skey] = (outcome.new_state, state)
             return outcome
 
-        appended, refs = [], []
+        appended, refs, append_bytes = [], [], 0
         occurred_at = EventMeta.time_text(now)
         for event in decision:
             version += 1
             state = aggregate.evolve(state, event)
             body, schema_headers = self.registry.encode_record(event.type, event.data)
+            append_bytes += len(body)
             event_id = self.ids()
             headers_out = EventMeta.headers_for(event_id, meta.tenant_id, stream_id, version, occurred_at, meta.command_id)
             appended.append(AppendedEvent(body, schema_headers + headers_out))
@@ -222,17 +240,16 @@ class CommandProcessor:
         result = CommandAccepted.model_construct(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
         extra_rows: dict[str, dict[str, Any]] = {}
         if quota is not None:
-            qkey, qrow, limits = quota
-            verdict = quotas.admit(command, decision, qrow, limits, now, append_bytes=sum(len(e.value) for e in appended))
-            if isinstance(verdict, quotas.QuotaExceeded):
-                outcome = self._reject(meta, RejectionCode.QUOTA_EXCEEDED, verdict.message, current_version=stored["version"], exceeded=verdict)
+            qkey, ledger, limits = quota
+            refused = ledger.admit(command, decision, limits, quotas.to_ms(now), append_bytes)
+            if refused is not None:  # the ledger is as it was
+                outcome = self._reject(meta, RejectionCode.QUOTA_EXCEEDED, refused.message, current_version=stored["version"], exceeded=refused)
                 outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **moved}
                 return outcome
-            row = {"state": quotas.row_data(verdict)}
-            if len(self._quota_rows) > 100_000:
-                self._quota_rows.clear()
-            self._quota_rows[qkey] = (row, verdict)
-            extra_rows[qkey] = row
+            if self._ledgers is None:
+                extra_rows[qkey] = self._quota_row(qkey, ledger)
+            else:
+                self._changed.add(qkey)
         dumped = aggregate.dump(state)
         snapshot = None
         if version // SNAPSHOT_EVERY > stored["version"] // SNAPSHOT_EVERY:
@@ -250,14 +267,27 @@ class CommandProcessor:
             return memo[1]
         return aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
 
-    def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> tuple[str, quotas.QuotaState, QuotaLimits]:
-        """The tenant's quota row key, its state as the batch sees it, and its effective limits."""
+    def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> tuple[str, quotas.QuotaLedger, QuotaLimits]:
+        """The tenant's quota row key, its ledger as the batch sees it, and its effective limits."""
         assert self.plans is not None
         qkey = state_key(tenant_id, quotas.QUOTA_ROW)
-        stored = load_state(qkey)
-        cached = self._quota_rows.get(qkey)
-        qrow = cached[1] if cached is not None and cached[0] is stored else quotas.load((stored or {}).get("state"))
-        return qkey, qrow, quotas.limits_of(qrow, self.plans)
+        ledger = self._ledgers.get(qkey) if self._ledgers is not None else None
+        if ledger is None:
+            stored = load_state(qkey)
+            cached = self._quota_rows.get(qkey)
+            ledger = quotas.QuotaLedger(cached[1] if cached is not None and cached[0] is stored else quotas.load((stored or {}).get("state")))
+            if self._ledgers is not None:
+                self._ledgers[qkey] = ledger
+        return qkey, ledger, quotas.limits_of(ledger, self.plans)
+
+    def _quota_row(self, qkey: str, ledger: quotas.QuotaLedger) -> dict[str, Any]:
+        """The table row of ``ledger`` (remembered, so reading it back costs no parse)."""
+        state = ledger.state()
+        row = {"state": quotas.row_data(state)}
+        if len(self._quota_rows) > 100_000:
+            self._quota_rows.clear()
+        self._quota_rows[qkey] = (row, state)
+        return row
 
     def _appended_events(self, aggregate: Aggregate, command: Command, meta: CommandMeta, version: int) -> list[Event] | Rejection:
         """The events of an AppendEvents command, checked like any other write."""

@@ -8,7 +8,8 @@ the command's offset in one Kafka transaction: every command is decided once and
 even across crashes. A retried command id gets its first answer again and writes nothing else.
 With quotas on (``AGENTSTREAM_QUOTAS_ENABLED``, plans from ``topology.yaml``) an accepted command
 also changes the tenant's quota row ``<tenant>/quota`` in the same table and partition, so the
-check and the decision it guards commit together.
+check and the decision it guards commit together (counted into one ledger per tenant for the
+batch, written once at its end).
 
 **One writer per tenant, whatever the producer's partitioner.** Commands are keyed by tenant and
 the tenant's partition is murmur2(tenant) (Java clients and aiokafka). A command that another
@@ -51,6 +52,7 @@ class CommandHandler(ProcessorBase):
         aggregates = batch.tables["aggregates"]
         partition = batch.partition
         source = f"{batch.topic}[{partition}]"
+        self.processor.begin_batch()
         for message in batch.messages:
             key = message.key()
             value = message.value()
@@ -64,6 +66,8 @@ class CommandHandler(ProcessorBase):
             if outcome.redelivered:
                 continue
             self._write(outcome, key, value, headers, partition, out, aggregates)
+        for row_key, row in self.processor.finish_batch().items():  # quota rows: once per tenant and batch
+            aggregates.put(row_key, row)
 
     def _write(self, outcome: Outcome, key: bytes | None, value: bytes | None, headers: list, partition: int, out: Outputs, aggregates) -> None:
         result = outcome.result
@@ -92,8 +96,6 @@ class CommandHandler(ProcessorBase):
             out.send(RESULTS, result.command_id.encode(), result_json)  # type: ignore[union-attr]
         if outcome.state_key is not None:
             aggregates.put(outcome.state_key, outcome.new_state)
-        for row_key, row in outcome.extra_rows.items():  # the tenant's quota row: same partition, same transaction
-            aggregates.put(row_key, row)
 
 
 AGENT = RuntimeAgent(

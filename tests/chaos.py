@@ -303,6 +303,7 @@ def _reference(settings: Settings, tenants: list[str]) -> tuple[dict[str, list[t
                 event_types[outcome.result.command_id] = tuple(_decision(outcome.result)[3])
             if outcome.state_key is not None:
                 table[outcome.state_key] = outcome.new_state
+            table.update(outcome.extra_rows)  # the tenant's quota row, with quotas on
     return decisions, event_types, no_envelope
 
 

@@ -2,7 +2,7 @@
 
 A tenant's quota row (``QuotaState``) holds its plan, the limits it set with ``SetTenantQuota``
 and its usage; it serialises to JSON (``dump``/``load``). Limits are ``QuotaLimits`` from the
-topology (plan defaults) overlaid by the tenant's own (``limits_of``). Three functions:
+topology (plan defaults) overlaid by the tenant's own (``limits_of``). The functions:
 
 - ``with_defaults(command, limits)`` fills ``AssignTask.max_cost`` / ``start_within_s`` from the
   limits, so the event records what was reserved and promised;
@@ -13,6 +13,10 @@ topology (plan defaults) overlaid by the tenant's own (``limits_of``). Three fun
 
 ``admit`` does check-then-accept in one call: what the command processor runs between deciding
 and writing, so the check and the decision it guards commit in one transaction.
+
+The rules are written once, on ``QuotaLedger``: a tenant's row as a mutable working copy, which
+the command processor keeps for a whole batch (one row built per tenant and batch, not per
+command). The functions above run the same ledger methods on a copy of an immutable row.
 
 **Hourly rate rule (sliding window in minute buckets).** Accepted command times are counted per
 UTC minute; a command at time t is admitted when the commands counted in the 61 minute buckets
@@ -101,16 +105,6 @@ def month_of(at_ms: int) -> str:
     return _month_of_day(at_ms // 86_400_000)
 
 
-def _evolved(state: "QuotaState", update: dict[str, Any]) -> "QuotaState":
-    """``state.model_copy(update=update)`` without its generic machinery (the row is copied per command)."""
-    new = QuotaState.__new__(QuotaState)
-    object.__setattr__(new, "__dict__", {**state.__dict__, **update})
-    object.__setattr__(new, "__pydantic_fields_set__", state.__pydantic_fields_set__)  # only exclude_unset reads it; never used on rows
-    object.__setattr__(new, "__pydantic_extra__", None)
-    object.__setattr__(new, "__pydantic_private__", None)
-    return new
-
-
 def micros(cost: float) -> int:
     """A cost in units of the billing currency as integer micro-units (rounded half to even)."""
     return round(cost * MICROS)
@@ -183,11 +177,7 @@ class QuotaState(BaseModel):
 
     def rate_count(self, at_ms: int) -> int:
         """Accepted commands counted for a decision at ``at_ms`` (the 61 buckets ending with its minute)."""
-        oldest = max(at_ms, self.last_at_ms) // BUCKET_MS - WINDOW_BUCKETS
-        rate = self.rate
-        if rate and rate[0][0] > oldest:  # the common case: nothing has left the window
-            return sum(map(itemgetter(1), rate))
-        return sum(count for bucket, count in rate if bucket > oldest)
+        return _rate_count(self.rate, self.last_at_ms, at_ms)
 
     def usage(self, at: datetime) -> dict[str, int]:
         """Usage of every quota at ``at``, by quota name (for reports and the CLI)."""
@@ -225,7 +215,7 @@ def load(data: Mapping[str, Any] | None) -> QuotaState:
 _overlays: dict[int, tuple[dict[str, int], QuotaLimits, QuotaLimits]] = {}
 
 
-def limits_of(state: QuotaState, plans: QuotaPlans) -> QuotaLimits:
+def limits_of(state: QuotaState | QuotaLedger, plans: QuotaPlans) -> QuotaLimits:
     """The tenant's effective limits: its plan's defaults overlaid by its own."""
     base = plans.plans.get(state.plan) or plans.limits("free")
     overrides = state.overrides
@@ -259,6 +249,159 @@ def with_defaults(command: Command, limits: QuotaLimits) -> Command:
     return Command(command.type, data, command.tenant_id, command.at)
 
 
+def _rate_count(rate: list[tuple[int, int]], last_at_ms: int, at_ms: int) -> int:
+    oldest = max(at_ms, last_at_ms) // BUCKET_MS - WINDOW_BUCKETS
+    if rate and rate[0][0] > oldest:  # the common case: nothing has left the window
+        return sum(map(itemgetter(1), rate))
+    return sum(count for bucket, count in rate if bucket > oldest)
+
+
+class QuotaLedger:
+    """One tenant's quota row while commands change it: mutable, kept for a batch of commands.
+
+    The rules live here, once: ``check`` reads the ledger, ``count`` and ``apply`` change it in
+    place, ``admit`` does check-then-account. The module functions on an immutable
+    ``QuotaState`` (``check``, ``count_command``, ``apply``, ``accept``, ``admit``) run the same
+    methods on a ledger of that state and return ``state()``, so a shell that keeps one ledger
+    per tenant for a batch decides exactly what command-by-command calls decide, without
+    building a new row per command.
+    """
+
+    __slots__ = ("plan", "overrides", "agents", "tasks", "slots", "reserved", "rate", "last_at_ms", "stored_bytes", "month", "spent_micros", "_own_tasks")
+
+    def __init__(self, state: QuotaState) -> None:
+        d = state.__dict__
+        self.plan: str = d["plan"]
+        self.overrides: dict[str, int] = d["overrides"]  # replaced, never changed in place
+        self.agents: int = d["agents"]
+        self.tasks: dict[str, TaskHold] = d["tasks"]  # copied before the first change (_own_tasks)
+        self.slots: int = d["slots"]
+        self.reserved: int = d["reserved"]
+        self.rate: list[tuple[int, int]] = list(d["rate"])
+        self.last_at_ms: int = d["last_at_ms"]
+        self.stored_bytes: int = d["stored_bytes"]
+        self.month: str = d["month"]
+        self.spent_micros: int = d["spent_micros"]
+        self._own_tasks = False
+
+    def state(self) -> QuotaState:
+        """The ledger as an immutable row (the ledger may go on changing afterwards)."""
+        self._own_tasks = False  # the row shares the tasks dict from now on
+        fields = {
+            "plan": self.plan, "overrides": self.overrides, "agents": self.agents, "tasks": self.tasks,
+            "slots": self.slots, "reserved": self.reserved, "rate": list(self.rate), "last_at_ms": self.last_at_ms,
+            "stored_bytes": self.stored_bytes, "month": self.month, "spent_micros": self.spent_micros,
+        }
+        new = QuotaState.__new__(QuotaState)
+        object.__setattr__(new, "__dict__", fields)
+        object.__setattr__(new, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(new, "__pydantic_extra__", None)
+        object.__setattr__(new, "__pydantic_private__", None)
+        return new
+
+    def check(self, command: Command, limits: QuotaLimits, at_ms: int, append_bytes: int = 0) -> QuotaExceeded | None:
+        """Why the quotas refuse ``command`` (see the module function ``check``), or None."""
+        kind = command.type
+        if kind in EXEMPT:
+            return None
+        count = _rate_count(self.rate, self.last_at_ms, at_ms)
+        if count + 1 > limits.api_rate_per_hour:
+            return QuotaExceeded("api_rate_per_hour", limits.api_rate_per_hour, count)
+        if self.stored_bytes + append_bytes > limits.storage_limit_bytes:
+            return QuotaExceeded("storage_limit_bytes", limits.storage_limit_bytes, self.stored_bytes, append_bytes)
+        if kind == "CreateAgent" and self.agents + 1 > limits.max_agents:
+            return QuotaExceeded("max_agents", limits.max_agents, self.agents)
+        if kind == "AssignTask":
+            if self.slots + 1 > limits.max_concurrent_tasks:
+                return QuotaExceeded("max_concurrent_tasks", limits.max_concurrent_tasks, self.slots)
+            max_cost = command.data.get("max_cost")
+            cost = limits.task_max_cost_micros if max_cost is None else int(max_cost)
+            spent = self.spent_micros if self.month == month_of(at_ms) else 0
+            committed = spent + self.reserved
+            if committed + cost > limits.monthly_budget_micros:
+                return QuotaExceeded("monthly_budget_micros", limits.monthly_budget_micros, committed, cost)
+        if kind == "ReassignTask":
+            hold = self.tasks.get(command.data["task_id"])
+            if hold is not None and not hold.slot and self.slots + 1 > limits.max_concurrent_tasks:
+                return QuotaExceeded("max_concurrent_tasks", limits.max_concurrent_tasks, self.slots)
+        return None
+
+    def roll(self, at_ms: int) -> None:
+        """Move the row's clock to ``at_ms`` (later only) and start a new month's spend."""
+        if at_ms > self.last_at_ms:
+            self.last_at_ms = at_ms
+        month = month_of(self.last_at_ms)
+        if month > self.month:
+            self.month, self.spent_micros = month, 0
+
+    def count(self, at_ms: int, append_bytes: int = 0, rated: bool = True) -> None:
+        """Count one accepted command at ``at_ms`` in the rate (unless not ``rated``); store its bytes."""
+        self.roll(at_ms)
+        now = self.last_at_ms // BUCKET_MS
+        rate = self.rate
+        if rate and rate[0][0] <= now - WINDOW_BUCKETS:
+            rate[:] = [(bucket, count) for bucket, count in rate if bucket > now - WINDOW_BUCKETS]
+        if rated:
+            if rate and rate[-1][0] == now:
+                rate[-1] = (now, rate[-1][1] + 1)
+            else:
+                rate.append((now, 1))
+        self.stored_bytes += append_bytes
+
+    def _hold(self, task_id: str, hold: TaskHold | None) -> None:
+        """Put ``hold`` (None: remove) for ``task_id``, keeping the slot and reservation totals."""
+        if not self._own_tasks:
+            self.tasks, self._own_tasks = dict(self.tasks), True
+        old = self.tasks.pop(task_id, None)
+        if old is not None:
+            self.slots -= old.slot
+            self.reserved -= old.reserved_micros
+        if hold is not None:
+            self.tasks[task_id] = hold
+            self.slots += hold.slot
+            self.reserved += hold.reserved_micros
+
+    def apply(self, event: Event, at_ms: int) -> None:
+        """Account an accepted ``event`` that happened at ``at_ms`` (other event types: the clock only)."""
+        self.roll(at_ms)
+        if event.type in QUOTA_EVENTS:
+            self._apply(event)
+
+    def _apply(self, event: Event) -> None:
+        data, kind = event.data, event.type
+        if kind == "TenantCreated":
+            self.plan = data.get("plan", "free")
+        elif kind == "TenantQuotaSet":
+            self.overrides = {**self.overrides, **{k: int(v) for k, v in data.items() if v is not None and k in QuotaLimits.FIELDS}}
+        elif kind == "AgentCreated":
+            self.agents += 1
+        elif kind == "TaskAssigned":
+            self._hold(data["task_id"], TaskHold(data["agent_id"], int(data.get("max_cost") or 0)))
+        elif kind == "TaskReassigned":
+            held = self.tasks.get(data["task_id"])
+            if held is not None:
+                self._hold(data["task_id"], replace(held, agent_id=data["agent_id"], slot=True))
+        elif kind in ("TaskCompleted", "TaskFailed"):
+            self._hold(data["task_id"], None)
+            self.spent_micros += micros(float(data.get("cost") or 0.0))
+        elif kind == "AgentStopped":
+            agent = data["agent_id"]
+            for task_id, hold in list(self.tasks.items()):
+                if hold.agent_id == agent and hold.slot:
+                    self._hold(task_id, replace(hold, slot=False))
+
+    def admit(self, command: Command, events: Iterable[Event], limits: QuotaLimits, at_ms: int, append_bytes: int = 0) -> QuotaExceeded | None:
+        """Check, then account the command and its events: the refusal (nothing changed), or None."""
+        refused = self.check(command, limits, at_ms, append_bytes)
+        if refused is not None:
+            return refused
+        self.count(at_ms, append_bytes, command.type not in EXEMPT)  # rolls the clock to at_ms
+        for event in events:
+            if event.type in QUOTA_EVENTS:  # the others change nothing once the clock has rolled
+                self._apply(event)
+        return None
+
+
 def check(command: Command, state: QuotaState, limits: QuotaLimits, at: datetime, append_bytes: int = 0) -> QuotaExceeded | None:
     """Why the quotas refuse ``command`` (its events taking ``append_bytes``) at ``at``, or None.
 
@@ -266,124 +409,21 @@ def check(command: Command, state: QuotaState, limits: QuotaLimits, at: datetime
     quota of the command's own kind (``CreateAgent``: agents; ``AssignTask``: slots, then
     budget with its ``max_cost``; ``ReassignTask`` of a task whose slot was freed: slots).
     """
-    return _check(command, state, limits, to_ms(at), append_bytes)
-
-
-def _check(command: Command, state: QuotaState, limits: QuotaLimits, at_ms: int, append_bytes: int) -> QuotaExceeded | None:
-    if command.type in EXEMPT:
-        return None
-    count = state.rate_count(at_ms)
-    if count + 1 > limits.api_rate_per_hour:
-        return QuotaExceeded("api_rate_per_hour", limits.api_rate_per_hour, count)
-    if state.stored_bytes + append_bytes > limits.storage_limit_bytes:
-        return QuotaExceeded("storage_limit_bytes", limits.storage_limit_bytes, state.stored_bytes, append_bytes)
-    data = command.data
-    if command.type == "CreateAgent" and state.agents + 1 > limits.max_agents:
-        return QuotaExceeded("max_agents", limits.max_agents, state.agents)
-    if command.type == "AssignTask":
-        if state.concurrent_tasks + 1 > limits.max_concurrent_tasks:
-            return QuotaExceeded("max_concurrent_tasks", limits.max_concurrent_tasks, state.concurrent_tasks)
-        max_cost = data.get("max_cost")
-        cost = limits.task_max_cost_micros if max_cost is None else int(max_cost)
-        committed = state.spent_in(at_ms) + state.reserved_micros
-        if committed + cost > limits.monthly_budget_micros:
-            return QuotaExceeded("monthly_budget_micros", limits.monthly_budget_micros, committed, cost)
-    if command.type == "ReassignTask":
-        hold = state.tasks.get(data["task_id"])
-        if hold is not None and not hold.slot and state.concurrent_tasks + 1 > limits.max_concurrent_tasks:
-            return QuotaExceeded("max_concurrent_tasks", limits.max_concurrent_tasks, state.concurrent_tasks)
-    return None
-
-
-def _roll(state: QuotaState, at_ms: int) -> dict[str, Any]:
-    """Updates that move the row's clock to ``at_ms`` (later only) and start a new month's spend."""
-    update: dict[str, Any] = {}
-    at_ms = max(at_ms, state.last_at_ms)
-    month = month_of(at_ms)
-    if month > state.month:
-        update.update(month=month, spent_micros=0)
-    if at_ms != state.last_at_ms:
-        update["last_at_ms"] = at_ms
-    return update
+    return QuotaLedger(state).check(command, limits, to_ms(at), append_bytes)
 
 
 def count_command(state: QuotaState, at: datetime, append_bytes: int = 0, rated: bool = True) -> QuotaState:
     """The row with one accepted command at ``at``: counted in the rate (unless not ``rated``) and its bytes stored."""
-    return _count_command(state, to_ms(at), append_bytes, rated)
-
-
-def _count_command(state: QuotaState, at_ms: int, append_bytes: int, rated: bool) -> QuotaState:
-    return _evolved(state, _count_update(state, at_ms, append_bytes, rated))
-
-
-def _count_update(state: QuotaState, at_ms: int, append_bytes: int, rated: bool) -> dict[str, Any]:
-    """The updates of ``count_command`` (the clock rolled to ``at_ms`` among them)."""
-    update = _roll(state, at_ms)
-    now = update.get("last_at_ms", state.last_at_ms) // BUCKET_MS
-    if state.rate and state.rate[0][0] > now - WINDOW_BUCKETS:
-        rate = list(state.rate)  # nothing left the window
-    else:
-        rate = [(bucket, count) for bucket, count in state.rate if bucket > now - WINDOW_BUCKETS]
-    if rated:
-        if rate and rate[-1][0] == now:
-            rate[-1] = (now, rate[-1][1] + 1)
-        else:
-            rate.append((now, 1))
-    update.update(rate=rate, stored_bytes=state.stored_bytes + append_bytes)
-    return update
-
-
-def _with_hold(state: QuotaState, update: dict[str, Any], task_id: str, hold: TaskHold | None) -> None:
-    """Put ``hold`` (None: remove) for ``task_id`` into ``update``, keeping the slot and reservation totals."""
-    tasks = dict(update.get("tasks", state.tasks))
-    slots = update.get("slots", state.slots)
-    reserved = update.get("reserved", state.reserved)
-    old = tasks.pop(task_id, None)
-    if old is not None:
-        slots, reserved = slots - old.slot, reserved - old.reserved_micros
-    if hold is not None:
-        tasks[task_id] = hold
-        slots, reserved = slots + hold.slot, reserved + hold.reserved_micros
-    update.update(tasks=tasks, slots=slots, reserved=reserved)
+    ledger = QuotaLedger(state)
+    ledger.count(to_ms(at), append_bytes, rated)
+    return ledger.state()
 
 
 def apply(state: QuotaState, event: Event, at: datetime) -> QuotaState:
-    """The row after an accepted ``event`` that happened at ``at`` (other event types: unchanged)."""
-    return _apply(state, event, to_ms(at))
-
-
-def _apply(state: QuotaState, event: Event, at_ms: int) -> QuotaState:
-    update = _roll(state, at_ms)
-    _apply_update(state, update, event)
-    return _evolved(state, update) if update else state
-
-
-def _apply_update(state: QuotaState, update: dict[str, Any], event: Event) -> None:
-    """Add what ``event`` changes to ``update`` (the row being ``state`` with ``update`` over it)."""
-    data = event.data
-    kind = event.type
-    if kind == "TenantCreated":
-        update["plan"] = data.get("plan", "free")
-    elif kind == "TenantQuotaSet":
-        overrides = update.get("overrides", state.overrides)
-        update["overrides"] = {**overrides, **{k: int(v) for k, v in data.items() if v is not None and k in QuotaLimits.FIELDS}}
-    elif kind == "AgentCreated":
-        update["agents"] = update.get("agents", state.agents) + 1
-    elif kind == "TaskAssigned":
-        _with_hold(state, update, data["task_id"], TaskHold(data["agent_id"], int(data.get("max_cost") or 0)))
-    elif kind == "TaskReassigned":
-        held = update.get("tasks", state.tasks).get(data["task_id"])
-        if held is not None:
-            _with_hold(state, update, data["task_id"], replace(held, agent_id=data["agent_id"], slot=True))
-    elif kind in ("TaskCompleted", "TaskFailed"):
-        _with_hold(state, update, data["task_id"], None)
-        spent = update.get("spent_micros", state.spent_micros)
-        update["spent_micros"] = spent + micros(float(data.get("cost") or 0.0))
-    elif kind == "AgentStopped":
-        agent = data["agent_id"]
-        for task_id, hold in list(update.get("tasks", state.tasks).items()):
-            if hold.agent_id == agent and hold.slot:
-                _with_hold(state, update, task_id, replace(hold, slot=False))
+    """The row after an accepted ``event`` that happened at ``at`` (other event types: the clock only)."""
+    ledger = QuotaLedger(state)
+    ledger.apply(event, to_ms(at))
+    return ledger.state()
 
 
 def accept(state: QuotaState, at: datetime, events: Iterable[Event], append_bytes: int = 0, rated: bool = True) -> QuotaState:
@@ -391,26 +431,21 @@ def accept(state: QuotaState, at: datetime, events: Iterable[Event], append_byte
 
     ``rated=False`` for commands outside the rate (``EXEMPT``): their bytes still count.
     """
-    return _accept(state, to_ms(at), events, append_bytes, rated)
-
-
-def _accept(state: QuotaState, at_ms: int, events: Iterable[Event], append_bytes: int, rated: bool) -> QuotaState:
-    update = _count_update(state, at_ms, append_bytes, rated)  # rolls the row's clock to at_ms
+    ledger = QuotaLedger(state)
+    at_ms = to_ms(at)
+    ledger.count(at_ms, append_bytes, rated)
     for event in events:
-        if event.type in QUOTA_EVENTS:  # the others change nothing once the clock has rolled
-            _apply_update(state, update, event)
-    return _evolved(state, update)  # one new row per command, whatever its events
+        ledger.apply(event, at_ms)
+    return ledger.state()
 
 
 def admit(
     command: Command, events: list[Event], state: QuotaState, limits: QuotaLimits, at: datetime, append_bytes: int = 0
 ) -> QuotaExceeded | QuotaState:
     """Check, then account: the refusal, or the row after the accepted command and its events."""
-    at_ms = to_ms(at)
-    refused = _check(command, state, limits, at_ms, append_bytes)
-    if refused is not None:
-        return refused
-    return _accept(state, at_ms, events, append_bytes, command.type not in EXEMPT)
+    ledger = QuotaLedger(state)
+    refused = ledger.admit(command, events, limits, to_ms(at), append_bytes)
+    return refused if refused is not None else ledger.state()
 
 
 def roundtrip(state: QuotaState) -> QuotaState:

@@ -306,3 +306,69 @@ def test_a_row_that_remembers_ids_as_a_list_of_pairs_still_answers_retries():
 
     assert _recent({"recent": [["c1", ["a"]], ["c2", ["b"]]]}) == {"c1": ["a"], "c2": ["b"]}
     assert _recent({}) == {}
+
+
+def _quota_script() -> list[tuple]:
+    """Commands over two tenants that hit max_agents, max_concurrent_tasks and the budget."""
+    per_tenant = []
+    for tenant in ("acme", "globex"):
+        script = [(tenant, "CreateAgent", agent(n), f"{tenant}-c{n}") for n in range(3)]
+        script.append((tenant, "StartAgent", {"agent_id": "a0"}, f"{tenant}-s"))
+        for k in range(4):
+            script.append((tenant, "AssignTask", {"task_id": f"t{k}", "agent_id": "a0", "task_type": "x"}, f"{tenant}-t{k}"))
+            script.append((tenant, "AssignTask", {"task_id": f"u{k}", "agent_id": "a0", "task_type": "x"}, f"{tenant}-u{k}"))
+            script.append((tenant, "CompleteTask", {"task_id": f"t{k}", "cost": 0.09}, f"{tenant}-d{k}"))
+        per_tenant.append(script)
+    return [step for pair in zip(*per_tenant) for step in pair]  # tenants interleaved, each in order
+
+
+def _answers(proc: CommandProcessor, store: Store, script: list[tuple], batches: list[int] | None) -> list:
+    answers, at = [], 0
+    for size in batches or [len(script)]:
+        if batches is not None:
+            proc.begin_batch()
+        for tenant, kind, data, cid in script[at : at + size]:
+            out = store.apply(proc.process(*message(kind, data, tenant=tenant, cid=cid), store.get))
+            answers.append((out.result.status, getattr(out.result, "quota", None), getattr(out.result, "usage", None)))
+        if batches is not None:
+            store.update(proc.finish_batch())
+        at += size
+    return answers
+
+
+def test_batches_decide_and_write_what_command_by_command_does(qproc):
+    """One ledger per tenant and batch (the worker's way) gives the same answers and, at each
+    batch's end, the same quota rows as a row per command."""
+    script = _quota_script()
+    one_by_one = Store()
+    expected = _answers(qproc, one_by_one, script, None)
+    assert ("rejected", "max_agents", 2) in expected and ("rejected", "max_concurrent_tasks", 1) in expected
+    assert ("rejected", "monthly_budget_micros", 180_000) in expected
+    ids = iter(range(10_000))
+    batched_proc = CommandProcessor(REG, max_bytes=2048, clock=lambda: datetime(2026, 1, 1, tzinfo=UTC), ids=lambda: f"e{next(ids)}", plans=LOW)
+    batched = Store()
+    assert _answers(batched_proc, batched, script, [1, 7, 3, 11, 100]) == expected
+    for tenant in ("acme", "globex"):
+        assert quotas.load(batched[f"{tenant}/quota"]["state"]) == quotas.load(one_by_one[f"{tenant}/quota"]["state"])
+
+
+def test_an_unfinished_batch_counts_nothing_once_the_next_begins(qproc):
+    """A batch whose transaction aborted is redone from the table: begin_batch drops its ledgers."""
+    store = Store()
+    _answers(qproc, store, [("acme", "CreateAgent", agent(0), "c0")], [1])
+    committed = dict(store)
+    qproc.begin_batch()
+    assert isinstance(qproc.process(*message("CreateAgent", agent(1), cid="c1"), store.get).result, CommandAccepted)
+    # aborted: nothing of it reached the table; the redo decides from the committed rows again
+    redo = Store(committed)
+    assert _answers(qproc, redo, [("acme", "CreateAgent", agent(1), "c1"), ("acme", "CreateAgent", agent(2), "c2")], [2]) == [
+        ("accepted", None, None), ("rejected", "max_agents", 2)]
+    assert quotas.load(redo["acme/quota"]["state"]).agents == 2
+
+
+def test_finish_batch_writes_only_rows_that_accepted_commands_changed(qproc):
+    store = Store()
+    _answers(qproc, store, [("acme", "CreateAgent", agent(0), "c0")], [1])
+    qproc.begin_batch()
+    store.apply(qproc.process(*message("CreateAgent", agent(0), cid="dup"), store.get))  # refused by the decider
+    assert qproc.finish_batch() == {}
