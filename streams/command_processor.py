@@ -238,6 +238,7 @@ class CommandProcessor:
             refs.append(EventRef.model_construct(type=event.type, version=version, event_id=event_id))
         # Our own, already checked values: built without validating them again (the hot path).
         result = CommandAccepted.model_construct(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
+        dumped = aggregate.dump(state)  # before the quota counts the command: nothing after it may raise
         extra_rows: dict[str, dict[str, Any]] = {}
         if quota is not None:
             qkey, ledger, limits = quota
@@ -250,7 +251,6 @@ class CommandProcessor:
                 extra_rows[qkey] = self._quota_row(qkey, ledger)
             else:
                 self._changed.add(qkey)
-        dumped = aggregate.dump(state)
         snapshot = None
         if version // SNAPSHOT_EVERY > stored["version"] // SNAPSHOT_EVERY:
             snapshot = Snapshot(tenant_id=meta.tenant_id, stream_id=stream_id, aggregate=aggregate.name, version=version, state=dumped, taken_at=now)

@@ -26,10 +26,12 @@ def _processes_in(directory: Path) -> list[int]:
 
 
 def test_dev_up_twice_then_down_leaves_nothing_running(tmp_path: Path):
+    # A stack of its own, on ports below Linux's ephemeral range (32768-60999): a port in that
+    # range can be held at any moment by some connection's local end (a CI run failed so).
     env = {
         "AGENTSTREAM_DATA_DIR": str(tmp_path),
-        "AGENTSTREAM_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:39092",
-        "AGENTSTREAM_REDIS_URL": "redis://127.0.0.1:36379/0",
+        "AGENTSTREAM_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:31092",
+        "AGENTSTREAM_REDIS_URL": "redis://127.0.0.1:31379/0",
         "AGENTSTREAM_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{TEST_REGISTRY_PORT + 1}/apis/ccompat/v7",
     }
     try:
