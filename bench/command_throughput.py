@@ -120,23 +120,9 @@ def _answers(settings, app_rounds: int, commands: int) -> dict[str, int]:
     """How many answers each command id has on results.commands (all rounds write there)."""
     from collections import Counter
 
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    from worker_rounds import read_to_end
 
-    from connectors.kafka_config import confluent_config
-
-    consumer = Consumer({**confluent_config(settings), "group.id": "bench-audit", "isolation.level": "read_committed", "enable.partition.eof": True, "enable.auto.commit": False})
-    parts = consumer.list_topics("results.commands", timeout=10).topics["results.commands"].partitions
-    consumer.assign([TopicPartition("results.commands", p, OFFSET_BEGINNING) for p in parts])
-    counts: Counter = Counter()
-    waiting = set(parts)
-    while waiting:
-        for m in consumer.consume(10000, timeout=1):
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    waiting.discard(m.partition())
-                continue
-            counts[m.key().decode()] += 1
-    consumer.close()
+    counts = Counter(m.key().decode() for m in read_to_end(settings, "results.commands"))
     return {"ids": len(counts), "all_answered_once_per_round": all(n == app_rounds for n in counts.values()) and len(counts) == commands}
 
 

@@ -86,24 +86,13 @@ def _outcomes(settings) -> dict[str, int]:
     from collections import Counter
 
     import orjson
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-    from connectors.kafka_config import confluent_config
+    from worker_rounds import read_to_end
 
-    consumer = Consumer({**confluent_config(settings), "group.id": "bench-quota-audit", "isolation.level": "read_committed", "enable.partition.eof": True, "enable.auto.commit": False})
-    parts = consumer.list_topics("results.commands", timeout=10).topics["results.commands"].partitions
-    consumer.assign([TopicPartition("results.commands", p, OFFSET_BEGINNING) for p in parts])
     counts: Counter = Counter()
-    waiting = set(parts)
-    while waiting:
-        for m in consumer.consume(10000, timeout=1):
-            if m.error():
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    waiting.discard(m.partition())
-                continue
-            result = orjson.loads(m.value())
-            counts[result["status"] if result["status"] == "accepted" else f"rejected {result['code']}"] += 1
-    consumer.close()
+    for m in read_to_end(settings, "results.commands"):
+        result = orjson.loads(m.value())
+        counts[result["status"] if result["status"] == "accepted" else f"rejected {result['code']}"] += 1
     return dict(counts)
 
 

@@ -26,12 +26,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,32 +102,19 @@ def _preload(settings: Any, app: str, n: int, lead_s: float) -> tuple[dict[tuple
 
 def _issued(settings: Any, app: str) -> tuple[dict[tuple[str, str], int], int]:
     """issued_at (ms) of each task's first compensation, and how many such commands were duplicates."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    from connectors.kafka_config import confluent_config
     from schemas.messages import CommandMeta
+    from worker_rounds import read_to_end
 
-    consumer = Consumer({**confluent_config(settings), "group.id": f"bench-read-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False, "isolation.level": "read_committed", "enable.partition.eof": True})
-    meta = consumer.list_topics("commands.platform", timeout=10).topics["commands.platform"]
-    parts = list(meta.partitions)
-    consumer.assign([TopicPartition("commands.platform", p, 0) for p in parts])
-    waiting, found, dupes = set(parts), {}, 0
-    try:
-        while waiting:
-            for m in consumer.consume(10_000, timeout=1.0):
-                if m.error():
-                    waiting.discard(m.partition())
-                    continue
-                h = CommandMeta.from_headers(m.headers())
-                if not h.tenant_id.startswith(app) or not h.command_id.endswith(":compensate:0"):
-                    continue
-                task = h.command_id.split(":")[3]
-                key = (h.tenant_id, task)
-                if key in found:
-                    dupes += 1
-                found[key] = int(h.issued_at.timestamp() * 1000)
-    finally:
-        consumer.close()
+    found: dict[tuple[str, str], int] = {}
+    dupes = 0
+    for m in read_to_end(settings, "commands.platform"):
+        h = CommandMeta.from_headers(m.headers())
+        if not h.tenant_id.startswith(app) or not h.command_id.endswith(":compensate:0"):
+            continue
+        key = (h.tenant_id, h.command_id.split(":")[3])
+        if key in found:
+            dupes += 1
+        found[key] = int(h.issued_at.timestamp() * 1000)
     return found, dupes
 
 

@@ -8,7 +8,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -34,6 +34,30 @@ def take(consumer: Any, most: int = 5000) -> list[Any]:
     """What a bare loop takes per turn, as the runtime does: wait briefly for one record, then everything already fetched."""
     first = consumer.consume(1, timeout=0.2)
     return first + consumer.consume(most - 1, timeout=0) if first else []
+
+
+def read_to_end(settings: Any, topic: str) -> Iterator[Any]:
+    """Every committed record of ``topic``, read ``read_committed`` from each partition's start to its end."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    from connectors.kafka_config import confluent_config
+
+    consumer = Consumer(
+        {**confluent_config(settings), "group.id": f"bench-read-{uuid.uuid4().hex[:6]}", "isolation.level": "read_committed", "enable.partition.eof": True, "enable.auto.commit": False}
+    )
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        waiting = set(parts)
+        while waiting:
+            for m in consumer.consume(10_000, timeout=1):
+                error = m.error()
+                if error is None:
+                    yield m
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    waiting.discard(m.partition())
+    finally:
+        consumer.close()
 
 
 def runtime_status(port: int) -> dict[str, Any]:

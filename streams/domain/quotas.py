@@ -134,10 +134,6 @@ class TaskHold:
     reserved_micros: int = 0
     slot: bool = True
 
-    def dump(self) -> dict[str, Any]:
-        """JSON-ready data (what ``QuotaState``'s dump holds for it)."""
-        return {"agent_id": self.agent_id, "reserved_micros": self.reserved_micros, "slot": self.slot}
-
 
 class QuotaState(BaseModel):
     """One tenant's quota row: plan, own limits, usage. Plain data; ``dump``/``load`` go through JSON."""
@@ -173,7 +169,7 @@ class QuotaState(BaseModel):
 
     def spent_in(self, at_ms: int) -> int:
         """Spend of the month of ``at_ms`` (0 when the row's month is an earlier one)."""
-        return self.spent_micros if self.month == month_of(at_ms) else 0
+        return _spent_in(self.month, self.spent_micros, at_ms)
 
     def rate_count(self, at_ms: int) -> int:
         """Accepted commands counted for a decision at ``at_ms`` (the 61 buckets ending with its minute)."""
@@ -256,6 +252,10 @@ def _rate_count(rate: list[tuple[int, int]], last_at_ms: int, at_ms: int) -> int
     return sum(count for bucket, count in rate if bucket > oldest)
 
 
+def _spent_in(month: str, spent_micros: int, at_ms: int) -> int:
+    return spent_micros if month == month_of(at_ms) else 0
+
+
 class QuotaLedger:
     """One tenant's quota row while commands change it: mutable, kept for a batch of commands.
 
@@ -316,8 +316,7 @@ class QuotaLedger:
                 return QuotaExceeded("max_concurrent_tasks", limits.max_concurrent_tasks, self.slots)
             max_cost = command.data.get("max_cost")
             cost = limits.task_max_cost_micros if max_cost is None else int(max_cost)
-            spent = self.spent_micros if self.month == month_of(at_ms) else 0
-            committed = spent + self.reserved
+            committed = _spent_in(self.month, self.spent_micros, at_ms) + self.reserved
             if committed + cost > limits.monthly_budget_micros:
                 return QuotaExceeded("monthly_budget_micros", limits.monthly_budget_micros, committed, cost)
         if kind == "ReassignTask":
