@@ -126,7 +126,7 @@ def main() -> None:
                 result = time_worker(settings, "command_handler", args.commands, port, env=env)
                 port += 1
                 rounds[mode].append(result)
-                print(f"round {n + 1}, quotas {mode}: {result['rate']:,.0f} commands/s, {result['cpu_us']:.0f} us CPU/command", flush=True)
+                print(f"round {n + 1}, quotas {mode}: {result['rate']:,.0f} commands/s, {result['cpu_us']:.0f} us CPU/command, {result['batches']} batches", flush=True)
         outcomes = _outcomes(settings)
     on = statistics.median(r["rate"] for r in rounds["on"])
     off = statistics.median(r["rate"] for r in rounds["off"])

@@ -120,8 +120,8 @@ class CommandProcessor:
         # returns the very object this processor put (in the batch and after its commit), so a
         # row is parsed once.
         self._quota_rows: dict[str, tuple[Any, quotas.QuotaState]] = {}
-        # Between begin_batch and finish_batch: the batch's quota ledgers, and the keys of those
-        # an accepted command changed (None: command by command).
+        # Between begin_batch and finish_batch: the batch's quota ledgers by tenant, and the tenants
+        # whose ledger an accepted command changed (None: command by command).
         self._ledgers: dict[str, quotas.QuotaLedger] | None = None
         self._changed: set[str] = set()
 
@@ -136,7 +136,8 @@ class CommandProcessor:
         batch's transaction; back to command by command (rows in ``Outcome.extra_rows``)."""
         ledgers, changed = self._ledgers or {}, self._changed
         self._ledgers, self._changed = None, set()
-        return {qkey: self._quota_row(qkey, ledgers[qkey]) for qkey in sorted(changed)}
+        rows = {state_key(tenant_id, quotas.QUOTA_ROW): ledgers[tenant_id] for tenant_id in changed}
+        return {qkey: self._quota_row(qkey, rows[qkey]) for qkey in sorted(rows)}
 
     def process(
         self,
@@ -202,11 +203,11 @@ class CommandProcessor:
 
         version = stored["version"]
         state = self._load(aggregate, skey, stored)
-        quota: tuple[str, quotas.QuotaLedger, QuotaLimits] | None = None
+        quota: tuple[quotas.QuotaLedger, QuotaLimits] | None = None
         if self.plans is not None:
             quota = self._quota(meta.tenant_id, load_state)
             if name != APPEND_EVENTS:
-                command = quotas.with_defaults(command, quota[2])
+                command = quotas.with_defaults(command, quota[1])
         if name == APPEND_EVENTS:
             decision = self._appended_events(aggregate, command, meta, version)
         elif meta.expected_version is not None and meta.expected_version != version:
@@ -241,16 +242,17 @@ class CommandProcessor:
         dumped = aggregate.dump(state)  # before the quota counts the command: nothing after it may raise
         extra_rows: dict[str, dict[str, Any]] = {}
         if quota is not None:
-            qkey, ledger, limits = quota
+            ledger, limits = quota
             refused = ledger.admit(command, decision, limits, quotas.to_ms(now), append_bytes)
             if refused is not None:  # the ledger is as it was
                 outcome = self._reject(meta, RejectionCode.QUOTA_EXCEEDED, refused.message, current_version=stored["version"], exceeded=refused)
                 outcome.state_key, outcome.new_state = skey, {**stored, "recent": _remember(recent, meta.command_id, outcome.result), **moved}
                 return outcome
             if self._ledgers is None:
+                qkey = state_key(meta.tenant_id, quotas.QUOTA_ROW)
                 extra_rows[qkey] = self._quota_row(qkey, ledger)
             else:
-                self._changed.add(qkey)
+                self._changed.add(meta.tenant_id)
         snapshot = None
         if version // SNAPSHOT_EVERY > stored["version"] // SNAPSHOT_EVERY:
             snapshot = Snapshot(tenant_id=meta.tenant_id, stream_id=stream_id, aggregate=aggregate.name, version=version, state=dumped, taken_at=now)
@@ -267,18 +269,18 @@ class CommandProcessor:
             return memo[1]
         return aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
 
-    def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> tuple[str, quotas.QuotaLedger, QuotaLimits]:
-        """The tenant's quota row key, its ledger as the batch sees it, and its effective limits."""
+    def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> tuple[quotas.QuotaLedger, QuotaLimits]:
+        """The tenant's quota ledger as the batch sees it, and its effective limits."""
         assert self.plans is not None
-        qkey = state_key(tenant_id, quotas.QUOTA_ROW)
-        ledger = self._ledgers.get(qkey) if self._ledgers is not None else None
+        ledger = self._ledgers.get(tenant_id) if self._ledgers is not None else None
         if ledger is None:
+            qkey = state_key(tenant_id, quotas.QUOTA_ROW)
             stored = load_state(qkey)
             cached = self._quota_rows.get(qkey)
             ledger = quotas.QuotaLedger(cached[1] if cached is not None and cached[0] is stored else quotas.load((stored or {}).get("state")))
             if self._ledgers is not None:
-                self._ledgers[qkey] = ledger
-        return qkey, ledger, quotas.limits_of(ledger, self.plans)
+                self._ledgers[tenant_id] = ledger
+        return ledger, quotas.limits_of(ledger, self.plans)
 
     def _quota_row(self, qkey: str, ledger: quotas.QuotaLedger) -> dict[str, Any]:
         """The table row of ``ledger`` (remembered, so reading it back costs no parse)."""

@@ -315,6 +315,39 @@ def test_the_rate_rule_alone(limit, gaps) -> None:
         assert len(row.rate) <= 61
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.integers(1, 8),
+    storage=st.integers(0, 400),
+    steps=st.lists(
+        st.tuples(
+            # ms to the next command: same minute, minute and hour edges, backwards, across the month's end
+            st.one_of(st.integers(-90_000, 90_000), st.sampled_from([0, 1, 59_999, 60_000, 3_600_000, 3_660_000, 2 * 3_600_000, 40 * 86_400_000])),
+            st.sampled_from(["StartAgent", "StartAgent", "SetTenantQuota", "CompleteTask"]),
+            st.integers(0, 60),
+        ),
+        min_size=1,
+        max_size=120,
+    ),
+)
+def test_a_ledger_kept_for_many_commands_decides_as_a_fresh_row_per_command(limit, storage, steps) -> None:
+    """The command handler keeps one ledger per tenant for a batch (its O(1) same-minute rate count
+    and cached month end included); every decision and the final row equal those of the immutable
+    functions, which build a fresh ledger from the row for each command."""
+    lim = limits(api_rate_per_hour=limit, storage_limit_bytes=storage)
+    kept, row, at_ms = quotas.QuotaLedger(QuotaState()), QuotaState(), to_ms(T0)
+    for gap, kind, size in steps:
+        at_ms += gap
+        at = datetime.fromtimestamp(at_ms / 1000, UTC)
+        data = {"task_id": "k", "cost": 0.25} if kind == "CompleteTask" else {}
+        events = [Event("TaskCompleted", data)] if kind == "CompleteTask" else []
+        fresh = quotas.admit(cmd(kind, at=at, **data), events, row, lim, at, size)
+        assert kept.admit(cmd(kind, at=at, **data), events, lim, to_ms(at), size) == (fresh if isinstance(fresh, QuotaExceeded) else None)
+        row = row if isinstance(fresh, QuotaExceeded) else fresh
+        assert kept.state() == row
+        assert kept.state().usage(at) == row.usage(at)
+
+
 def test_a_quota_rejection_carries_quota_limit_and_usage_as_fields() -> None:
     from schemas.messages import CommandRejected, compact_result, expand_result, parse_result
 
