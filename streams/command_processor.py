@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping
 
 from schemas import SchemaDecodeError, SchemaError, SchemaRegistry, SchemaValidationError, UnknownSchema
-from schemas.topology import QuotaLimits, QuotaPlans
+from schemas.topology import QuotaPlans
 from streams.domain import Aggregate, Command, Event, Rejection, RejectionCode, aggregate_for, aggregate_for_stream
 from streams.domain import quotas
 from schemas.messages import (
@@ -203,11 +203,12 @@ class CommandProcessor:
 
         version = stored["version"]
         state = self._load(aggregate, skey, stored)
-        quota: tuple[quotas.QuotaLedger, QuotaLimits] | None = None
+        ledger: quotas.QuotaLedger | None = None
         if self.plans is not None:
-            quota = self._quota(meta.tenant_id, load_state)
+            ledger = self._quota(meta.tenant_id, load_state)
+            limits = ledger.limits(self.plans)
             if name != APPEND_EVENTS:
-                command = quotas.with_defaults(command, quota[1])
+                command = quotas.with_defaults(command, limits)
         if name == APPEND_EVENTS:
             decision = self._appended_events(aggregate, command, meta, version)
         elif meta.expected_version is not None and meta.expected_version != version:
@@ -241,8 +242,7 @@ class CommandProcessor:
         result = CommandAccepted.model_construct(command_id=meta.command_id, tenant_id=meta.tenant_id, stream_id=stream_id, new_version=version, events=refs)
         dumped = aggregate.dump(state)  # before the quota counts the command: nothing after it may raise
         extra_rows: dict[str, dict[str, Any]] = {}
-        if quota is not None:
-            ledger, limits = quota
+        if ledger is not None:
             refused = ledger.admit(command, decision, limits, quotas.to_ms(now), append_bytes)
             if refused is not None:  # the ledger is as it was
                 outcome = self._reject(meta, RejectionCode.QUOTA_EXCEEDED, refused.message, current_version=stored["version"], exceeded=refused)
@@ -269,8 +269,8 @@ class CommandProcessor:
             return memo[1]
         return aggregate.initial() if stored["state"] is None else aggregate.load(stored["state"])
 
-    def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> tuple[quotas.QuotaLedger, QuotaLimits]:
-        """The tenant's quota ledger as the batch sees it, and its effective limits."""
+    def _quota(self, tenant_id: str, load_state: Callable[[str], dict | None]) -> quotas.QuotaLedger:
+        """The tenant's quota ledger as the batch sees it."""
         assert self.plans is not None
         ledger = self._ledgers.get(tenant_id) if self._ledgers is not None else None
         if ledger is None:
@@ -280,7 +280,7 @@ class CommandProcessor:
             ledger = quotas.QuotaLedger(cached[1] if cached is not None and cached[0] is stored else quotas.load((stored or {}).get("state")))
             if self._ledgers is not None:
                 self._ledgers[tenant_id] = ledger
-        return ledger, quotas.limits_of(ledger, self.plans)
+        return ledger
 
     def _quota_row(self, qkey: str, ledger: quotas.QuotaLedger) -> dict[str, Any]:
         """The table row of ``ledger`` (remembered, so reading it back costs no parse)."""

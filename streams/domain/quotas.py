@@ -263,7 +263,7 @@ class QuotaLedger:
 
     __slots__ = (
         "plan", "overrides", "agents", "tasks", "slots", "reserved", "rate", "last_at_ms", "stored_bytes", "month", "spent_micros",
-        "_own_tasks", "_bucket_end_ms", "_in_window", "_month_end_ms",
+        "_own_tasks", "_bucket_end_ms", "_in_window", "_month_end_ms", "_limits", "_limits_plans",
     )
 
     def __init__(self, state: QuotaState) -> None:
@@ -287,6 +287,9 @@ class QuotaLedger:
         self._in_window = 0
         # The month of last_at_ms ends here (0: not known), so the month is looked up once a month.
         self._month_end_ms = 0
+        # limits_of(self, _limits_plans), until the plan or the tenant's own limits change (None: not known).
+        self._limits: QuotaLimits | None = None
+        self._limits_plans: QuotaPlans | None = None
 
     def state(self) -> QuotaState:
         """The ledger as an immutable row (the ledger may go on changing afterwards)."""
@@ -302,6 +305,12 @@ class QuotaLedger:
         object.__setattr__(new, "__pydantic_extra__", None)
         object.__setattr__(new, "__pydantic_private__", None)
         return new
+
+    def limits(self, plans: QuotaPlans) -> QuotaLimits:
+        """The tenant's effective limits (``limits_of``), worked out again only when its plan or own limits change."""
+        if self._limits_plans is not plans:
+            self._limits, self._limits_plans = limits_of(self, plans), plans
+        return self._limits  # type: ignore[return-value]
 
     def check(self, command: Command, limits: QuotaLimits, at_ms: int, append_bytes: int = 0) -> QuotaExceeded | None:
         """Why the quotas refuse ``command`` (see the module function ``check``), or None."""
@@ -381,9 +390,10 @@ class QuotaLedger:
     def _apply(self, event: Event) -> None:
         data, kind = event.data, event.type
         if kind == "TenantCreated":
-            self.plan = data.get("plan", "free")
+            self.plan, self._limits_plans = data.get("plan", "free"), None
         elif kind == "TenantQuotaSet":
             self.overrides = {**self.overrides, **{k: int(v) for k, v in data.items() if v is not None and k in QuotaLimits.FIELDS}}
+            self._limits_plans = None
         elif kind == "AgentCreated":
             self.agents += 1
         elif kind == "TaskAssigned":

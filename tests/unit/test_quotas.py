@@ -348,6 +348,16 @@ def test_a_ledger_kept_for_many_commands_decides_as_a_fresh_row_per_command(limi
         assert kept.state().usage(at) == row.usage(at)
 
 
+def test_a_ledgers_limits_follow_its_plan_and_own_limits() -> None:
+    """The ledger keeps its effective limits between commands; TenantCreated and TenantQuotaSet change them."""
+    ledger = quotas.QuotaLedger(QuotaState())
+    assert ledger.limits(PLANS) is ledger.limits(PLANS) == PLANS.plans["free"]
+    ledger.apply(Event("TenantCreated", {"name": "Acme", "plan": "pro"}), to_ms(T0))
+    assert ledger.limits(PLANS) == PLANS.plans["pro"]
+    ledger.apply(Event("TenantQuotaSet", {"max_agents": 7, "api_rate_per_hour": None}), to_ms(T0))
+    assert ledger.limits(PLANS) == PLANS.plans["pro"].model_copy(update={"max_agents": 7}) == quotas.limits_of(ledger.state(), PLANS)
+
+
 def test_a_quota_rejection_carries_quota_limit_and_usage_as_fields() -> None:
     from schemas.messages import CommandRejected, compact_result, expand_result, parse_result
 
