@@ -258,7 +258,9 @@ class QuotaLedger:
     ``QuotaState`` (``check``, ``count_command``, ``apply``, ``accept``, ``admit``) run the same
     methods on a ledger of that state and return ``state()``, so a shell that keeps one ledger
     per tenant for a batch decides exactly what command-by-command calls decide, without
-    building a new row per command.
+    building a new row per command. A kept ledger makes the common command O(1), and ``admit``
+    decides a command with no quota of its own in the minute of the last count inline, as
+    ``check`` and ``count`` would (a property test holds the two equal).
     """
 
     __slots__ = (
