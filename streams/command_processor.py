@@ -136,8 +136,8 @@ class CommandProcessor:
         batch's transaction; back to command by command (rows in ``Outcome.extra_rows``)."""
         ledgers, changed = self._ledgers or {}, self._changed
         self._ledgers, self._changed = None, set()
-        rows = {state_key(tenant_id, quotas.QUOTA_ROW): ledgers[tenant_id] for tenant_id in changed}
-        return {qkey: self._quota_row(qkey, rows[qkey]) for qkey in sorted(rows)}
+        keys = {state_key(tenant_id, quotas.QUOTA_ROW): tenant_id for tenant_id in changed}
+        return {qkey: self._quota_row(qkey, ledgers[keys[qkey]]) for qkey in sorted(keys)}
 
     def process(
         self,

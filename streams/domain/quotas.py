@@ -47,7 +47,6 @@ import json
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from operator import itemgetter
 from datetime import UTC, datetime
 from typing import Any, Iterable, Mapping
 
@@ -65,8 +64,6 @@ QUOTAS = ("max_agents", "max_concurrent_tasks", "api_rate_per_hour", "storage_li
 #: that blocks everything, and the platform's own onboarding steps are no usage of the tenant (an
 #: onboarding that failed sets every limit to 0 before it records the failure).
 EXEMPT = frozenset({"SetTenantQuota", "RecordTenantPreparation", "CompleteTenantOnboarding", "FailTenantOnboarding"})
-#: Commands with a rule of their own beside the rate and storage (or none at all): ``check`` decides them.
-_OWN_RULES = EXEMPT | {"CreateAgent", "AssignTask", "ReassignTask"}
 #: Width of one rate bucket and how many buckets a decision counts (61: see the module docstring).
 BUCKET_MS = 60_000
 WINDOW_BUCKETS = 61
@@ -201,27 +198,10 @@ def load(data: Mapping[str, Any] | None) -> QuotaState:
     return QuotaState() if data is None else QuotaState.model_validate(data)
 
 
-#: id(overrides) -> (overrides, plan limits, the overlay): see ``limits_of``.
-_overlays: dict[int, tuple[dict[str, int], QuotaLimits, QuotaLimits]] = {}
-
-
 def limits_of(state: QuotaState | QuotaLedger, plans: QuotaPlans) -> QuotaLimits:
     """The tenant's effective limits: its plan's defaults overlaid by its own."""
     base = plans.plans.get(state.plan) or plans.limits("free")
-    overrides = state.overrides
-    if not overrides:
-        return base
-    # A row's overrides dict is shared by every later row until SetTenantQuota replaces it, so
-    # the overlay is built once per (overrides, base), not per command. Keyed by identity, the
-    # entry keeps its dict alive, so an id is never reused while cached.
-    found = _overlays.get(id(overrides))
-    if found is not None and found[0] is overrides and found[1] is base:
-        return found[2]
-    if len(_overlays) > 10_000:
-        _overlays.clear()
-    limits = base.model_copy(update=overrides)
-    _overlays[id(overrides)] = (overrides, base, limits)
-    return limits
+    return base.model_copy(update=state.overrides) if state.overrides else base
 
 
 def with_defaults(command: Command, limits: QuotaLimits) -> Command:
@@ -241,8 +221,6 @@ def with_defaults(command: Command, limits: QuotaLimits) -> Command:
 
 def _rate_count(rate: list[tuple[int, int]], last_at_ms: int, at_ms: int) -> int:
     oldest = max(at_ms, last_at_ms) // BUCKET_MS - WINDOW_BUCKETS
-    if rate and rate[0][0] > oldest:  # the common case: nothing has left the window
-        return sum(map(itemgetter(1), rate))
     return sum(count for bucket, count in rate if bucket > oldest)
 
 
@@ -258,9 +236,8 @@ class QuotaLedger:
     ``QuotaState`` (``check``, ``count_command``, ``apply``, ``accept``, ``admit``) run the same
     methods on a ledger of that state and return ``state()``, so a shell that keeps one ledger
     per tenant for a batch decides exactly what command-by-command calls decide, without
-    building a new row per command. A kept ledger makes the common command O(1), and ``admit``
-    decides a command with no quota of its own in the minute of the last count inline, as
-    ``check`` and ``count`` would (a property test holds the two equal).
+    building a new row per command. A kept ledger also keeps what makes the common command O(1)
+    (a property test holds a kept ledger to a fresh one per command).
     """
 
     __slots__ = (
@@ -366,7 +343,7 @@ class QuotaLedger:
                     rate[-1] = (now, rate[-1][1] + 1)
                 else:
                     rate.append((now, 1))
-                self._in_window = sum(map(itemgetter(1), rate))
+                self._in_window = sum(count for _, count in rate)
                 self._bucket_end_ms = (now + 1) * BUCKET_MS
         self.stored_bytes += append_bytes
 
@@ -415,27 +392,6 @@ class QuotaLedger:
 
     def admit(self, command: Command, events: Iterable[Event], limits: QuotaLimits, at_ms: int, append_bytes: int = 0) -> QuotaExceeded | None:
         """Check, then account the command and its events: the refusal (nothing changed), or None."""
-        end = self._bucket_end_ms
-        if at_ms < end and self.last_at_ms < end and command.type not in _OWN_RULES:
-            # The command handler's common case, inline: a command with no quota of its own in the
-            # minute of the last count (so in the same month). ``check`` and ``count`` decide the
-            # same; a property test holds them equal.
-            count = self._in_window
-            if count + 1 > limits.api_rate_per_hour:
-                return QuotaExceeded("api_rate_per_hour", limits.api_rate_per_hour, count)
-            stored = self.stored_bytes + append_bytes
-            if stored > limits.storage_limit_bytes:
-                return QuotaExceeded("storage_limit_bytes", limits.storage_limit_bytes, self.stored_bytes, append_bytes)
-            if at_ms > self.last_at_ms:
-                self.last_at_ms = at_ms
-            rate = self.rate
-            rate[-1] = (rate[-1][0], rate[-1][1] + 1)
-            self._in_window = count + 1
-            self.stored_bytes = stored
-            for event in events:
-                if event.type in QUOTA_EVENTS:
-                    self._apply(event)
-            return None
         refused = self.check(command, limits, at_ms, append_bytes)
         if refused is not None:
             return refused
