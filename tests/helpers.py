@@ -59,10 +59,14 @@ def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     return asyncio.run(go())
 
 
-def read_topic(settings: Settings, topic: str, *, committed: bool = True, timeout: float = 60.0) -> list[ConsumerRecord]:
+def read_topic(
+    settings: Settings, topic: str, *, committed: bool = True, timeout: float = 60.0, since: dict[int, int] | None = None
+) -> list[ConsumerRecord]:
     """Every record of ``topic`` up to its high watermark now (read_committed by default), in
-    partition/offset order. A read_committed read waits (up to ``timeout``) for transactions that
-    are open below the high watermark to end."""
+    partition/offset order, from each partition's start or from the offsets ``since`` (partition
+    -> offset, e.g. an earlier ``end_offsets``). A read_committed read waits (up to ``timeout``)
+    for transactions that are open below the high watermark to end."""
+    since = since or {}
 
     async def go() -> list[ConsumerRecord]:
         config = {**aiokafka_config(settings), "enable_auto_commit": False}
@@ -73,13 +77,20 @@ def read_topic(settings: Settings, topic: str, *, committed: bool = True, timeou
             ends = await probe.end_offsets(tps)
         finally:
             await probe.stop()
+        pending = {tp for tp in tps if ends[tp] > since.get(tp.partition, 0)}
+        if not pending:
+            return []
         consumer = AIOKafkaConsumer(**config, isolation_level="read_committed" if committed else "read_uncommitted")
         await consumer.start()
         records: list[ConsumerRecord] = []
         try:
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            pending = {tp for tp in tps if ends[tp] > 0}
+            consumer.assign(list(pending))
+            from_start = [tp for tp in pending if tp.partition not in since]
+            if from_start:
+                await consumer.seek_to_beginning(*from_start)
+            for tp in pending:
+                if tp.partition in since:
+                    consumer.seek(tp, since[tp.partition])
             deadline = time.monotonic() + timeout
             while pending and time.monotonic() < deadline:
                 batch = await consumer.getmany(*pending, timeout_ms=500)

@@ -14,33 +14,44 @@ from tests.helpers import end_offsets, headers_of, read_topic, run_cli, tenant
 pytestmark = pytest.mark.integration
 
 
+def _produced_for(settings, before: dict[int, int], *tenants: str) -> list:
+    """Records of ``tenants`` on commands.platform since the offsets ``before`` (aborted ones too).
+
+    Only the test's own tenants: the session worker's sagas may send commands for earlier tests'
+    tenants at any moment (a deadline falling due), so the topic's end offsets are no measure."""
+    keys = {t.encode() for t in tenants}
+    return [r for r in read_topic(settings, "commands.platform", committed=False, since=before) if r.key in keys]
+
+
 def test_unknown_command_type_is_refused_and_nothing_is_produced(applied):
-    before = end_offsets(applied, "commands.platform")
-    result = run_cli("send", "LaunchRocket", "--tenant", tenant(), "--data", "{}")
+    before, t = end_offsets(applied, "commands.platform"), tenant()
+    result = run_cli("send", "LaunchRocket", "--tenant", t, "--data", "{}")
     assert result.returncode == 2
     assert "unknown schema 'LaunchRocket'" in result.stderr and "CreateAgent" in result.stderr
-    assert end_offsets(applied, "commands.platform") == before
+    assert _produced_for(applied, before, t) == []
 
 
 def test_payload_violating_its_schema_is_refused_and_nothing_is_produced(applied):
-    before = end_offsets(applied, "commands.platform")
-    result = run_cli("send", "CreateAgent", "--tenant", tenant(), "--data", json.dumps({"agent_id": 42, "colour": "red"}))
+    before, t, t2 = end_offsets(applied, "commands.platform"), tenant(), tenant()
+    result = run_cli("send", "CreateAgent", "--tenant", t, "--data", json.dumps({"agent_id": 42, "colour": "red"}))
     assert result.returncode == 2
     for words in ("agent_id: expected string, got int", "name: field required", "colour: unknown field"):
         assert words in result.stderr
-    not_json = run_cli("send", "CreateAgent", "--tenant", tenant(), "--data", "{agent_id:")
+    not_json = run_cli("send", "CreateAgent", "--tenant", t2, "--data", "{agent_id:")
     assert not_json.returncode == 2 and "not valid JSON" in not_json.stderr
     bad_tenant = run_cli("send", "StartAgent", "--tenant", "no spaces allowed", "--data", '{"agent_id": "a"}')
     assert bad_tenant.returncode == 2 and "tenant_id" in bad_tenant.stderr
-    assert end_offsets(applied, "commands.platform") == before
+    assert _produced_for(applied, before, t, t2, "no spaces allowed") == []
 
 
 def test_send_wait_prints_the_outcome_and_the_event_lands_in_the_store(worker, applied):
     t = tenant()
     data = json.dumps({"agent_id": "agent-1", "name": "Scout", "agent_type": "retriever", "capabilities": ["search"]})
+    before = end_offsets(applied, "commands.platform")
     result = run_cli("send", "CreateAgent", "--tenant", t, "--data", data, "--id", f"{t}-cmd-1", "--wait")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "accepted" in result.stdout and "AgentCreated@v1" in result.stdout
+    assert len(_produced_for(applied, before, t)) == 1  # what the refusals above are measured with sees a send
 
     events = [r for r in read_topic(applied, "events.platform") if r.key == t.encode()]
     assert len(events) == 1
